@@ -1,0 +1,92 @@
+"""Returns a job's outputs the way the user asked: inline base64, or S3 URLs (and `auto` picks by size)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import s3
+from .errors import DeliveryFailed
+from .outputs import OutputFile, OutputText
+from .settings import S3Config
+
+JSON_HEADROOM_BYTES = 64_000  # the rest of the response: metrics, timings, names
+
+
+@dataclass
+class Delivery:
+    outputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    mode: str = "base64"
+    upload_ms: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def choose_mode(requested: str, inline_bytes: int, limit_bytes: int, has_bucket: bool) -> str:
+    """base64 or s3, for the requested mode and the size the outputs would take inline."""
+    if requested == "s3" and not has_bucket:
+        raise DeliveryFailed(
+            "output_mode is 's3' but no bucket is configured: set BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and "
+            "BUCKET_SECRET_ACCESS_KEY on the endpoint, or send an 's3' object in the input"
+        )
+    if requested != "auto":
+        return requested
+    if inline_bytes + JSON_HEADROOM_BYTES <= limit_bytes:
+        return "base64"
+    if has_bucket:
+        return "s3"
+    raise DeliveryFailed(
+        f"the outputs take {inline_bytes / 1e6:.1f} MB as base64, over the {limit_bytes / 1e6:g} MB a RunPod response "
+        "can carry: configure a bucket (BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY) or send "
+        "an 's3' object in the input, and the outputs will be returned as URLs"
+    )
+
+
+def base64_size(n_bytes: int) -> int:
+    return 4 * ((n_bytes + 2) // 3)
+
+
+def deliver(
+    files: list[tuple[OutputFile, bytes]],
+    texts: list[OutputText],
+    *,
+    job_id: str,
+    requested_mode: str,
+    limit_bytes: int,
+    bucket: S3Config | None,
+    local_dir: Path | None = None,
+) -> Delivery:
+    inline = sum(base64_size(len(data)) for _, data in files) + sum(len(t.text) for t in texts)
+    mode = choose_mode(requested_mode, inline, limit_bytes, bucket is not None)
+    delivery = Delivery(mode=mode)
+    if mode == "base64" and inline + JSON_HEADROOM_BYTES > limit_bytes:
+        delivery.warnings.append(
+            f"outputs take {inline / 1e6:.1f} MB inline, over {limit_bytes / 1e6:g} MB: RunPod may refuse the response"
+        )
+    started = time.monotonic()
+    for output, data in files:
+        item: dict[str, Any] = {"filename": output.filename, "node_id": output.node_id,
+                                "content_type": output.content_type}
+        if output.animated:
+            item["animated"] = True
+        if mode == "s3":
+            assert bucket is not None
+            item.update(type="s3_url", data=s3.upload(bucket, s3.object_key(bucket, job_id, output.name), data,
+                                                       output.content_type))
+        else:
+            item.update(type="base64", data=base64.b64encode(data).decode("ascii"))
+        delivery.outputs.setdefault(output.kind, []).append(item)
+        if local_dir is not None:
+            _save_locally(local_dir / job_id, output, data)
+    for text in texts:
+        delivery.outputs.setdefault("text", []).append({"node_id": text.node_id, "type": "text", "data": text.text})
+    delivery.upload_ms = round((time.monotonic() - started) * 1000, 1)
+    return delivery
+
+
+def _save_locally(folder: Path, output: OutputFile, data: bytes) -> None:
+    path = folder / output.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)

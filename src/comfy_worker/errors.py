@@ -1,0 +1,58 @@
+"""Every failure a job can meet, each knowing the message its user reads.
+
+    WorkerError                 the job failed; `str(error)` is the user-facing message
+     ├── InvalidInput           the request is malformed: the message says which field and how to fix it
+     ├── WorkflowRejected       ComfyUI refused the workflow (HTTP 400): one readable line per problem
+     ├── ExecutionFailed        a node raised while the workflow ran
+     ├── JobTimedOut            the job ran past its timeout; its instance was interrupted
+     ├── JobInterrupted         ComfyUI reports the prompt interrupted by someone else
+     ├── InstanceUnavailable    no healthy ComfyUI to run on, or the instance died during the job
+     ├── DeliveryFailed         outputs could not be returned (too large without a bucket, S3 refused)
+     └── WorkerNotReady         the worker failed at start; every job gets the reason
+
+They become `{"error": "..."}` in exactly one place: the job pipeline's `handle`.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """A job failure whose message is meant for the user."""
+
+    def __init__(self, message: str, *, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
+
+
+class InvalidInput(WorkerError):
+    pass
+
+
+class WorkflowRejected(WorkerError):
+    pass
+
+
+class ExecutionFailed(WorkerError):
+    def __init__(self, message: str, *, out_of_memory: bool = False, details: list[str] | None = None) -> None:
+        super().__init__(message, details=details)
+        self.out_of_memory = out_of_memory
+
+
+class JobTimedOut(WorkerError):
+    pass
+
+
+class JobInterrupted(WorkerError):
+    pass
+
+
+class InstanceUnavailable(WorkerError):
+    pass
+
+
+class DeliveryFailed(WorkerError):
+    pass
+
+
+class WorkerNotReady(WorkerError):
+    pass

@@ -1,0 +1,123 @@
+"""The set of ComfyUI instances: one per GPU (or CPU instances), started together, watched, restarted."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .errors import InstanceUnavailable, WorkerNotReady
+from .gpus import Gpu, detect_gpus
+from .instance import ComfyInstance, InstanceSpec
+from .settings import Settings
+
+log = logging.getLogger("comfy_worker.fleet")
+
+WATCH_INTERVAL_S = 1.0
+
+
+def plan_instances(settings: Settings, gpus: list[Gpu]) -> list[InstanceSpec]:
+    """Which instances to run: one per usable GPU, else CPU instances."""
+    gpu_indexes = [gpu.index for gpu in gpus]
+    if settings.num_gpus is not None:
+        gpu_indexes = gpu_indexes[: settings.num_gpus]
+    if not settings.multi_gpu:
+        gpu_indexes = gpu_indexes[:1]
+    if gpu_indexes:
+        return [InstanceSpec(i, gpu, settings.base_port + i) for i, gpu in enumerate(gpu_indexes)]
+    count = settings.cpu_instances if settings.multi_gpu else 1
+    return [InstanceSpec(i, None, settings.base_port + i) for i in range(count)]
+
+
+def write_custom_nodes_config(settings: Settings) -> Path | None:
+    """An extra_model_paths.yaml that adds the configured custom-node folders to every instance."""
+    if not settings.custom_nodes_dirs:
+        return None
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.work_dir / "custom_nodes_paths.yaml"
+    folders = "".join(f"    {folder.resolve()}\n" for folder in settings.custom_nodes_dirs)
+    path.write_text(f"comfy_worker:\n  custom_nodes: |\n{folders}")
+    return path
+
+
+class Fleet:
+    def __init__(self, settings: Settings, gpus: list[Gpu] | None = None) -> None:
+        self.settings = settings
+        self.gpus = detect_gpus() if gpus is None else gpus
+        model_paths = list(settings.extra_model_paths)
+        custom_nodes_config = write_custom_nodes_config(settings)
+        if custom_nodes_config:
+            model_paths.append(custom_nodes_config)
+        self.instances = [ComfyInstance(spec, settings, model_paths) for spec in plan_instances(settings, self.gpus)]
+        self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._restarting: set[int] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Starts every instance at once and waits for all. Instances that fail are reported with their log tail;
+        the worker goes on with the others, and fails only when none started."""
+        if not (self.settings.comfyui_dir / "main.py").is_file():
+            raise WorkerNotReady(
+                f"no ComfyUI at {self.settings.comfyui_dir} (COMFYUI_DIR): run scripts/setup.sh or set COMFYUI_DIR"
+            )
+        started = time.monotonic()
+        for instance in self.instances:
+            instance.launch()
+        with ThreadPoolExecutor(len(self.instances)) as pool:
+            failures = list(pool.map(self._wait_ready, self.instances))
+        errors = [error for error in failures if error]
+        if len(errors) == len(self.instances):
+            self.stop()
+            raise WorkerNotReady("no ComfyUI instance started:\n" + "\n".join(errors))
+        log.info("%d of %d ComfyUI instances ready in %.1f s: %s", len(self.instances) - len(errors),
+                 len(self.instances), time.monotonic() - started,
+                 ", ".join(f"{i.label}@{i.spec.port}" for i in self.instances if i.healthy))
+        self._watcher = threading.Thread(target=self._watch, name="fleet-watch", daemon=True)
+        self._watcher.start()
+
+    def _wait_ready(self, instance: ComfyInstance) -> str | None:
+        try:
+            instance.wait_ready(self.settings.start_timeout_s)
+        except InstanceUnavailable as error:
+            log.error("[%s] %s", instance.label, error)
+            instance.stop()
+            return str(error)
+        instance.healthy = True
+        return None
+
+    def _watch(self) -> None:
+        while not self._closing.wait(WATCH_INTERVAL_S):
+            for instance in self.instances:
+                if instance.stopping or instance.is_alive() or instance.spec.index in self._restarting:
+                    continue
+                if instance.pid is None:
+                    continue
+                instance.healthy = False
+                log.error("[%s] ComfyUI exited with code %s; last log lines:\n%s",
+                          instance.label, instance.exit_code(), instance.log_tail())
+                if self.settings.restart_dead:
+                    self._restarting.add(instance.spec.index)
+                    threading.Thread(target=self._restart, args=(instance,), daemon=True).start()
+
+    def _restart(self, instance: ComfyInstance) -> None:
+        try:
+            instance.restarts += 1
+            log.warning("[%s] restarting ComfyUI (restart %d)", instance.label, instance.restarts)
+            instance.launch()
+            if self._wait_ready(instance) is None:
+                log.info("[%s] ComfyUI is back", instance.label)
+        finally:
+            self._restarting.discard(instance.spec.index)
+
+    def instance(self, index: int) -> ComfyInstance:
+        return self.instances[index]
+
+    def stop(self) -> None:
+        self._closing.set()
+        for instance in self.instances:  # all at once, then wait for each
+            instance.terminate()
+        for instance in self.instances:
+            instance.stop()

@@ -1,0 +1,248 @@
+"""Follows one prompt on one instance to its end: websocket messages for progress and timings, `/history` as the
+authority on the outcome. Whenever the socket is quiet or drops, `/history` is polled, so a lost message never
+means an endless wait. Blocking: runs in a worker thread."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import websocket
+
+from .comfy_client import ComfyClient
+from .errors import ExecutionFailed, JobInterrupted, JobTimedOut
+
+RECONNECT_INTERVAL_S = 1.0
+SOCKET_CONNECT_TIMEOUT_S = 5.0
+SETTLE_AFTER_CANCEL_S = 15.0
+OOM_MARKERS = ("OutOfMemoryError", "out of memory", "CUDA error: out of memory")
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+class JobCancelled(Exception):
+    """The job's task was cancelled (RunPod cancel or timeout); the prompt was interrupted."""
+
+
+@dataclass
+class NodeSampling:
+    first_step: int
+    first_at: float
+    last_step: int
+    last_at: float
+    total_steps: int
+
+    @property
+    def its(self) -> float | None:
+        elapsed = self.last_at - self.first_at
+        return round((self.last_step - self.first_step) / elapsed, 3) if elapsed > 0 else None
+
+
+@dataclass
+class Execution:
+    """What following a prompt learnt: the history entry, and timings seen over the websocket."""
+
+    prompt_id: str
+    history: dict[str, Any]
+    execution_ms: float
+    node_ms: dict[str, float] = field(default_factory=dict)
+    cached_nodes: list[str] = field(default_factory=list)
+    sampling: dict[str, NodeSampling] = field(default_factory=dict)
+    websocket_drops: int = 0
+    history_polls: int = 0
+
+
+class PromptFollower:
+    def __init__(self, client: ComfyClient, client_id: str, quiet_s: float, log: logging.LoggerAdapter) -> None:
+        self.client = client
+        self.client_id = client_id
+        self.quiet_s = quiet_s
+        self.log = log
+        self.ws: websocket.WebSocket | None = None
+        self._last_connect_try = 0.0
+
+    # --- the socket -------------------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Opens the websocket before the prompt is submitted, so its first messages are not missed."""
+        self._last_connect_try = time.monotonic()
+        try:
+            self.ws = websocket.create_connection(
+                f"{self.client.websocket_url}?clientId={self.client_id}", timeout=SOCKET_CONNECT_TIMEOUT_S
+            )
+        except (OSError, websocket.WebSocketException) as error:
+            self.ws = None
+            self.log.warning("websocket to %s not open (%s); following over /history", self.client.label, error)
+
+    def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
+                self.ws.close(timeout=1)
+            self.ws = None
+
+    def _receive(self, timeout: float) -> dict[str, Any] | None:
+        """The next JSON message, or None when the socket was quiet for `timeout` or dropped."""
+        assert self.ws is not None
+        self.ws.settimeout(max(timeout, 0.01))
+        try:
+            raw = self.ws.recv()
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (OSError, websocket.WebSocketException) as error:
+            self.log.warning("websocket to %s dropped (%s); polling /history and reconnecting",
+                             self.client.label, type(error).__name__)
+            self.close()
+            self._drops += 1
+            return None
+        if isinstance(raw, bytes):  # preview frames
+            return {}
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            return {}
+        return message if isinstance(message, dict) else {}
+
+    # --- following --------------------------------------------------------------------------------------------
+    def follow(
+        self,
+        prompt_id: str,
+        workflow: dict[str, Any],
+        deadline: float,
+        timeout_s: float,
+        stop: threading.Event,
+        on_progress: ProgressCallback,
+    ) -> Execution:
+        self._drops = 0
+        polls = 0
+        started = time.monotonic()
+        node_ms: dict[str, float] = {}
+        cached: list[str] = []
+        sampling: dict[str, NodeSampling] = {}
+        current: tuple[str, float] | None = None
+        finished_signal = False
+        last_heard = last_poll = time.monotonic()
+
+        def close_node(now: float) -> None:
+            nonlocal current
+            if current:
+                node_ms[current[0]] = round(node_ms.get(current[0], 0) + (now - current[1]) * 1000, 1)
+                current = None
+
+        while True:
+            now = time.monotonic()
+            if stop.is_set():
+                self._cancel_and_settle(prompt_id, "cancelled")
+                raise JobCancelled()
+            if now >= deadline:
+                node = f" at node {current[0]} ({_class_of(workflow, current[0])})" if current else ""
+                self._cancel_and_settle(prompt_id, "timed out")
+                raise JobTimedOut(
+                    f"the job ran past its timeout of {timeout_s:g} s{node}; ComfyUI on {self.client.label} was "
+                    "interrupted. Raise 'timeout_s' in the input (or JOB_TIMEOUT_S) if the workflow needs longer"
+                )
+            if self.ws is None and now - self._last_connect_try >= RECONNECT_INTERVAL_S:
+                self.connect()
+
+            message = None
+            if self.ws is not None and not finished_signal:
+                message = self._receive(min(self.quiet_s, deadline - now, 1.0))
+            elif not finished_signal:
+                time.sleep(min(0.25, max(deadline - now, 0)))
+            now = time.monotonic()
+
+            if message:
+                kind, data = message.get("type"), message.get("data") or {}
+                if isinstance(data, dict) and data.get("prompt_id") in (prompt_id, None) and kind != "status":
+                    last_heard = now
+                    if data.get("prompt_id") == prompt_id:
+                        finished_signal = self._on_message(kind, data, workflow, now, on_progress, sampling, cached)
+                        if kind == "executing":
+                            close_node(now)
+                            if data.get("node") is not None:
+                                current = (str(data["node"]), now)
+                        elif finished_signal:
+                            close_node(now)
+
+            if finished_signal or now - max(last_heard, last_poll) >= self.quiet_s:
+                last_poll = now
+                polls += 1
+                entry = self.client.history(prompt_id)
+                if entry is not None and _is_finished(entry):
+                    close_node(time.monotonic())
+                    execution = Execution(prompt_id, entry, round((time.monotonic() - started) * 1000, 1),
+                                          node_ms, cached, sampling, self._drops, polls)
+                    _raise_for_failure(entry, workflow, self.client.label)
+                    return execution
+                if finished_signal:
+                    time.sleep(0.05)  # the history entry lands just after the last message
+
+    def _on_message(self, kind, data, workflow, now, on_progress, sampling, cached) -> bool:
+        """Handles one message of our prompt; returns True when it says the prompt has ended."""
+        if kind == "executing":
+            node = data.get("node")
+            if node is None:
+                return True
+            on_progress({"node": str(node), "class_type": _class_of(workflow, str(node))})
+        elif kind == "execution_cached":
+            cached.extend(str(n) for n in data.get("nodes") or [])
+        elif kind == "progress":
+            node, value, total = str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 0))
+            record = sampling.get(node)
+            if record is None:
+                sampling[node] = NodeSampling(value, now, value, now, total)
+            else:
+                record.last_step, record.last_at, record.total_steps = value, now, total
+            on_progress({"node": node, "class_type": _class_of(workflow, node), "step": value, "steps": total})
+        elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+            return True
+        return False
+
+    def _cancel_and_settle(self, prompt_id: str, why: str) -> None:
+        """Interrupts our prompt (no other) and waits until the instance has let go of it."""
+        self.log.warning("job %s: interrupting prompt %s on %s", why, prompt_id, self.client.label)
+        try:
+            self.client.cancel(prompt_id)
+            settle_until = time.monotonic() + SETTLE_AFTER_CANCEL_S
+            while time.monotonic() < settle_until:
+                if self.client.history(prompt_id) is not None:
+                    return
+                time.sleep(0.1)
+            self.log.error("prompt %s did not stop within %g s of the interrupt", prompt_id, SETTLE_AFTER_CANCEL_S)
+        except Exception as error:  # the instance may be dead; the fleet restarts it
+            self.log.error("could not interrupt prompt %s on %s: %s", prompt_id, self.client.label, error)
+
+
+def _is_finished(entry: dict[str, Any]) -> bool:
+    status = entry.get("status") or {}
+    return bool(status.get("completed")) or status.get("status_str") in ("success", "error")
+
+
+def _raise_for_failure(entry: dict[str, Any], workflow: dict[str, Any], label: str) -> None:
+    status = entry.get("status") or {}
+    if status.get("status_str") != "error":
+        return
+    for kind, data in status.get("messages") or []:
+        if kind == "execution_error":
+            node = str(data.get("node_id"))
+            node_type = data.get("node_type") or _class_of(workflow, node)
+            exception = f"{data.get('exception_type', 'Exception')}: {data.get('exception_message', '').strip()}"
+            oom = any(marker in exception for marker in OOM_MARKERS)
+            hint = f" (out of GPU memory on {label})" if oom else ""
+            raise ExecutionFailed(f"node {node} ({node_type}) failed{hint}: {exception}", out_of_memory=oom)
+        if kind == "execution_interrupted":
+            node = data.get("node_id")
+            raise JobInterrupted(
+                f"the workflow was interrupted on {label} at node {node} ({_class_of(workflow, str(node))}) "
+                "by a request to ComfyUI other than this job's"
+            )
+    raise ExecutionFailed(f"ComfyUI on {label} reports the workflow failed without an error message")
+
+
+def _class_of(workflow: dict[str, Any], node: str) -> str:
+    entry = workflow.get(node)
+    return entry.get("class_type", "?") if isinstance(entry, dict) else "?"

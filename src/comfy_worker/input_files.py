@@ -1,0 +1,51 @@
+"""Decodes a job's input files: base64, data URIs, or http(s) URLs fetched with a size and time limit."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+import requests
+
+from .errors import InvalidInput
+from .job_input import InputFile
+
+_DATA_URI = re.compile(r"^data:[^,]*?;base64,", re.IGNORECASE)
+
+
+def decode_input_file(item: InputFile, *, max_bytes: int, url_timeout_s: float) -> bytes:
+    source = item.source.strip()
+    where = f"input file {item.name!r}"
+    if source.lower().startswith(("http://", "https://")):
+        return _fetch(source, where, max_bytes, url_timeout_s)
+    if "://" in source[:16]:
+        raise InvalidInput(f"{where}: only http(s) URLs are fetched, not {source.split('://', 1)[0]}://")
+    payload = _DATA_URI.sub("", source, count=1)
+    if len(payload) * 3 // 4 > max_bytes + 3:
+        raise InvalidInput(f"{where} is over the {max_bytes / 1e6:g} MB limit (MAX_INPUT_FILE_MB)")
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{where}: 'image' is not valid base64, a data URI or an http(s) URL") from None
+    if not data:
+        raise InvalidInput(f"{where} is empty")
+    return data
+
+
+def _fetch(url: str, where: str, max_bytes: int, timeout_s: float) -> bytes:
+    try:
+        with requests.get(url, stream=True, timeout=timeout_s) as response:
+            if response.status_code != 200:
+                raise InvalidInput(f"{where}: fetching {url} answered HTTP {response.status_code}")
+            chunks, size = [], 0
+            for chunk in response.iter_content(chunk_size=1 << 16):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidInput(f"{where}: {url} is over the {max_bytes / 1e6:g} MB limit (MAX_INPUT_FILE_MB)")
+                chunks.append(chunk)
+    except requests.RequestException as error:
+        raise InvalidInput(f"{where}: could not fetch {url}: {type(error).__name__}") from None
+    if not size:
+        raise InvalidInput(f"{where}: {url} returned no data")
+    return b"".join(chunks)

@@ -1,0 +1,181 @@
+"""One ComfyUI process: its command line, its own folders, its log, its start and its stop."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .comfy_client import ComfyClient
+from .errors import InstanceUnavailable
+from .settings import Settings
+
+log = logging.getLogger("comfy_worker.instance")
+comfy_log = logging.getLogger("comfy_worker.comfyui")
+
+LOG_TAIL_LINES = 40
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    index: int
+    gpu: int | None  # None: a CPU instance
+    port: int
+
+    @property
+    def label(self) -> str:
+        return f"gpu{self.gpu}" if self.gpu is not None else f"cpu{self.index}"
+
+
+@dataclass(frozen=True)
+class InstanceDirs:
+    root: Path
+
+    @property
+    def user(self) -> Path:
+        return self.root / "user"
+
+    @property
+    def input(self) -> Path:
+        return self.root / "input"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def temp(self) -> Path:
+        return self.root / "temp"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "comfyui.db"
+
+    def create(self) -> None:
+        for folder in (self.user, self.input, self.output, self.temp):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def build_command(spec: InstanceSpec, settings: Settings, dirs: InstanceDirs, model_paths: list[Path]) -> list[str]:
+    command = [
+        settings.comfy_python, "main.py",
+        "--listen", settings.host,
+        "--port", str(spec.port),
+        "--disable-auto-launch",
+        "--user-directory", str(dirs.user),
+        "--input-directory", str(dirs.input),
+        "--output-directory", str(dirs.output),
+        "--temp-directory", str(dirs.temp),
+        "--database-url", f"sqlite:///{dirs.database}",
+    ]
+    command += ["--cpu"] if spec.gpu is None else ["--cuda-device", str(spec.gpu)]
+    for path in model_paths:
+        command += ["--extra-model-paths-config", str(path)]
+    return command + list(settings.extra_args)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel kills ComfyUI if the worker dies, so no instance outlives it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class ComfyInstance:
+    def __init__(self, spec: InstanceSpec, settings: Settings, model_paths: list[Path]) -> None:
+        self.spec = spec
+        self.label = spec.label
+        self.settings = settings
+        self.dirs = InstanceDirs(settings.work_dir / spec.label)
+        self.model_paths = model_paths
+        self.client = ComfyClient(f"http://{settings.host}:{spec.port}", spec.label)
+        self.healthy = False
+        self.restarts = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self._process.poll() if self._process else None
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(list(self._tail)[-lines:])
+
+    def launch(self) -> None:
+        self.dirs.create()
+        self._stopping = False
+        command = build_command(self.spec, self.settings, self.dirs, self.model_paths)
+        log.info("[%s] starting ComfyUI on port %d: %s", self.label, self.spec.port, " ".join(command[1:]))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._process = subprocess.Popen(
+            command, cwd=self.settings.comfyui_dir, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        )
+        threading.Thread(target=self._pump_log, args=(self._process,), name=f"log-{self.label}", daemon=True).start()
+
+    def _pump_log(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._tail.append(line)
+                comfy_log.info("[%s] %s", self.label, line)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Returns once the instance answers HTTP; raises InstanceUnavailable with its last log lines otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.is_alive():
+                time.sleep(0.2)  # let the log pump read the last lines
+                raise InstanceUnavailable(
+                    f"ComfyUI on {self.label} exited with code {self.exit_code()} while starting; "
+                    f"its last log lines:\n{self.log_tail()}"
+                )
+            if self.client.is_ready():
+                return
+            time.sleep(0.25)
+        raise InstanceUnavailable(
+            f"ComfyUI on {self.label} did not answer within {timeout_s:g} s (COMFY_START_TIMEOUT_S); "
+            f"its last log lines:\n{self.log_tail()}"
+        )
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def terminate(self) -> None:
+        """Asks the process to exit (SIGTERM); `stop` waits for it."""
+        self._stopping = True
+        self.healthy = False
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM, then SIGKILL after the grace period (ComfyUI does not always exit on SIGTERM)."""
+        self.terminate()
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("[%s] ComfyUI ignored SIGTERM for %g s; killing it", self.label, grace_s)
+            process.kill()
+            process.wait(5)

@@ -1,0 +1,183 @@
+"""Turns a job's raw `input` into a checked JobRequest, or an InvalidInput error that says what to fix.
+
+The contract is a superset of worker-comfyui's: `workflow`, `images`, `comfy_org_api_key` keep their meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInput
+from .settings import OUTPUT_MODES, S3Config, SettingsError, split_bucket_endpoint
+
+KNOWN_FIELDS = {
+    "workflow", "images", "gpu", "timeout_s", "output_mode", "s3", "include_previews", "comfy_org_api_key",
+}
+
+
+@dataclass(frozen=True)
+class InputFile:
+    name: str
+    source: str  # base64, a data URI or an http(s) URL; decoded by input_files
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    workflow: dict[str, Any]
+    files: tuple[InputFile, ...] = ()
+    gpu: int | None = None
+    timeout_s: float | None = None
+    output_mode: str | None = None
+    s3: S3Config | None = None
+    include_previews: bool = False
+    comfy_org_api_key: str | None = None
+    ignored_fields: tuple[str, ...] = ()
+
+
+def parse_job_input(raw: Any) -> JobRequest:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"the job input must be a JSON object with a 'workflow', not {_kind(raw)}")
+    if "workflow" not in raw:
+        raise InvalidInput("the job input has no 'workflow': send the workflow in ComfyUI's API format")
+    return JobRequest(
+        workflow=parse_workflow(raw["workflow"]),
+        files=_parse_files(raw.get("images")),
+        gpu=_optional_int(raw, "gpu", minimum=0),
+        timeout_s=_optional_positive(raw, "timeout_s"),
+        output_mode=_parse_output_mode(raw.get("output_mode")),
+        s3=_parse_s3(raw.get("s3")),
+        include_previews=_optional_bool(raw, "include_previews"),
+        comfy_org_api_key=_optional_str(raw, "comfy_org_api_key"),
+        ignored_fields=tuple(sorted(set(raw) - KNOWN_FIELDS)),
+    )
+
+
+def parse_workflow(workflow: Any) -> dict[str, Any]:
+    if not isinstance(workflow, dict):
+        raise InvalidInput(f"'workflow' must be a JSON object (ComfyUI's API format), not {_kind(workflow)}")
+    if "nodes" in workflow and "links" in workflow:
+        raise InvalidInput(
+            "'workflow' is in ComfyUI's UI format (it has 'nodes' and 'links'); this worker needs the API format: "
+            "in ComfyUI choose Workflow → Export (API) and send that file's content"
+        )
+    if not workflow:
+        raise InvalidInput("'workflow' is empty: it needs at least one node")
+    for node_id, node in workflow.items():
+        if not isinstance(node, dict):
+            raise InvalidInput(f"workflow node {node_id!r} must be an object with 'class_type' and 'inputs'")
+        if not isinstance(node.get("class_type"), str) or not node["class_type"]:
+            raise InvalidInput(
+                f"workflow node {node_id!r} has no 'class_type': is the workflow in ComfyUI's API format?"
+            )
+        if not isinstance(node.get("inputs", {}), dict):
+            raise InvalidInput(f"workflow node {node_id!r} ({node['class_type']}): 'inputs' must be an object")
+    return workflow
+
+
+def check_file_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput(f"{where}: 'name' must be a non-empty file name")
+    if "/" in name or "\\" in name or "\0" in name or name in (".", "..") or len(name) > 255:
+        raise InvalidInput(
+            f"{where}: 'name' {name!r} must be a plain file name (no folders, no '..'), as LoadImage uses it"
+        )
+    return name
+
+
+def _parse_files(images: Any) -> tuple[InputFile, ...]:
+    if images is None:
+        return ()
+    if not isinstance(images, list):
+        raise InvalidInput(f"'images' must be a list of {{name, image}} objects, not {_kind(images)}")
+    files, seen = [], set()
+    for i, item in enumerate(images):
+        where = f"images[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{where} must be an object with 'name' and 'image', not {_kind(item)}")
+        name = check_file_name(item.get("name"), where)
+        if name in seen:
+            raise InvalidInput(f"{where}: the name {name!r} is used twice")
+        seen.add(name)
+        source = item.get("image")
+        if not isinstance(source, str) or not source:
+            raise InvalidInput(f"{where} ({name!r}): 'image' must be base64, a data URI or an http(s) URL")
+        files.append(InputFile(name=name, source=source))
+    return tuple(files)
+
+
+def _parse_output_mode(mode: Any) -> str | None:
+    if mode is None:
+        return None
+    if not isinstance(mode, str) or mode.lower() not in OUTPUT_MODES:
+        raise InvalidInput(f"'output_mode' must be one of {', '.join(OUTPUT_MODES)}, not {mode!r}")
+    return mode.lower()
+
+
+S3_FIELDS = ("endpoint_url", "access_key_id", "secret_access_key")
+
+
+def _parse_s3(s3: Any) -> S3Config | None:
+    if s3 is None:
+        return None
+    if not isinstance(s3, dict):
+        raise InvalidInput("'s3' must be an object with endpoint_url, access_key_id, secret_access_key, bucket")
+    missing = [f for f in S3_FIELDS if not isinstance(s3.get(f), str) or not s3[f]]
+    if missing:
+        raise InvalidInput(f"'s3' lacks {', '.join(missing)}")
+    expiry = s3.get("url_expiry_s", 604800)
+    if isinstance(expiry, bool) or not isinstance(expiry, int) or expiry < 1:
+        raise InvalidInput("'s3.url_expiry_s' must be a positive whole number of seconds")
+    try:
+        endpoint, bucket = split_bucket_endpoint(s3["endpoint_url"], str(s3.get("bucket") or ""))
+    except SettingsError:
+        raise InvalidInput("'s3' needs a 'bucket' (the endpoint does not start with a bucket name)") from None
+    return S3Config(
+        endpoint_url=endpoint,
+        access_key_id=s3["access_key_id"],
+        secret_access_key=s3["secret_access_key"],
+        bucket=bucket,
+        prefix=str(s3.get("prefix") or "").strip("/"),
+        region=s3.get("region") or None,
+        url_expiry_s=expiry,
+    )
+
+
+def _optional_int(raw: dict, field: str, minimum: int) -> int | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(f"'{field}' must be a whole number ≥ {minimum}, not {value!r}")
+    return value
+
+
+def _optional_positive(raw: dict, field: str) -> float | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidInput(f"'{field}' must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _optional_bool(raw: dict, field: str) -> bool:
+    value = raw.get(field, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"'{field}' must be true or false, not {value!r}")
+    return value
+
+
+def _optional_str(raw: dict, field: str) -> str | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"'{field}' must be a string")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(
+        type(value), "a number" if isinstance(value, int | float) else type(value).__name__
+    )

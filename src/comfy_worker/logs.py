@@ -1,0 +1,34 @@
+"""Logging: one format for the worker, every job line naming its job and its instance."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+ROOT = "comfy_worker"
+
+
+def configure(level: str) -> None:
+    logger = logging.getLogger(ROOT)
+    if not any(getattr(h, "_comfy_worker", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._comfy_worker = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # `import runpod` configures the root logger too
+
+
+class JobLog(logging.LoggerAdapter):
+    """Prefixes each line with [job <id>] and, once chosen, [<instance label>]."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(logging.getLogger(f"{ROOT}.job"), {})
+        self.job_id = job_id
+        self.instance: str | None = None
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        where = f"[{self.instance}] " if self.instance else ""
+        return f"[job {self.job_id}] {where}{msg}", kwargs

@@ -1,0 +1,290 @@
+"""The job pipeline: validate → choose an instance → upload inputs → submit → follow → collect → deliver.
+
+`Worker.handle` is where a job enters and leaves; it is also the one place where a failure becomes
+`{"error": "..."}`, so every path returns a message the user can act on and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .delivery import Delivery, deliver
+from .errors import ExecutionFailed, InstanceUnavailable, WorkerError, WorkerNotReady
+from .fleet import Fleet
+from .follower import Execution, JobCancelled, PromptFollower
+from .gpus import Gpu
+from .input_files import decode_input_file
+from .instance import ComfyInstance
+from .job_input import JobRequest, parse_job_input
+from .logs import JobLog
+from .outputs import OutputFile, OutputText, find_outputs
+from .progress import ProgressReporter, Sender, runpod_sender
+from .scheduler import Scheduler
+from .settings import Settings
+from .workflow_rewrite import isolate_outputs, job_folder_name
+
+log = logging.getLogger("comfy_worker.pipeline")
+
+
+@dataclass
+class RunOutcome:
+    """What one job produced on its instance, read into memory before the instance is handed to the next job."""
+
+    execution: Execution
+    files: list[tuple[OutputFile, bytes]]
+    texts: list[OutputText]
+    warnings: list[str]
+    timings: dict[str, Any] = field(default_factory=dict)
+    job_folder: str = ""
+
+
+class Worker:
+    def __init__(self, settings: Settings, gpus: list[Gpu] | None = None, progress_sender: Sender | None = None):
+        self.settings = settings
+        self._gpus = gpus
+        self.fleet: Fleet | None = None
+        self.scheduler: Scheduler | None = None
+        self.startup_error: str | None = None
+        self.progress_sender = progress_sender or (runpod_sender if settings.send_progress else None)
+        self.jobs_done = 0
+        self._executor: ThreadPoolExecutor | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Starts the fleet. A failure is kept and returned to every job, so a broken worker says why."""
+        try:
+            self.fleet = Fleet(self.settings, self._gpus)
+            self.fleet.start()
+        except WorkerError as error:
+            self.startup_error = str(error)
+            log.error("the worker could not start: %s", error)
+            return
+        self.scheduler = Scheduler(self.fleet.instances)
+        # Each running job holds a thread while it follows its prompt; give every instance room for several.
+        self._executor = ThreadPoolExecutor(4 * len(self.fleet.instances) + 4, thread_name_prefix="job")
+
+    def stop(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def concurrency(self) -> int:
+        """Jobs run at once: one per instance (a constant, so RunPod's scaler never drains to change it)."""
+        return len(self.fleet.instances) if self.fleet else 1
+
+    # --- one job ------------------------------------------------------------------------------------------------
+    async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        job_id = str(job.get("id") or "local")
+        job_log = JobLog(job_id)
+        try:
+            return await self._run(job, job_id, job_log)
+        except WorkerError as error:
+            job_log.error("failed: %s", error)
+            result: dict[str, Any] = {"error": str(error)}
+            if error.details:
+                result["details"] = error.details
+            return result
+        except asyncio.CancelledError:
+            job_log.warning("cancelled")
+            raise
+        except Exception as error:
+            job_log.exception("internal error")
+            return {"error": f"internal worker error ({type(error).__name__}: {error}); the worker keeps serving"}
+
+    async def _run(self, job: dict[str, Any], job_id: str, job_log: JobLog) -> dict[str, Any]:
+        received = time.monotonic()
+        if self.startup_error or self.scheduler is None:
+            raise WorkerNotReady(f"the worker failed to start: {self.startup_error or 'not started'}")
+        request = parse_job_input(job.get("input"))
+        timeout_s = request.timeout_s or self.settings.job_timeout_s
+        deadline = received + timeout_s
+        warnings = [f"ignored unknown input field '{name}'" for name in request.ignored_fields]
+
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        inputs = await loop.run_in_executor(self._executor, self._decode_inputs, request)
+        decode_ms = _ms_since(started)
+
+        health_wait_s = min(timeout_s, self.settings.start_timeout_s)
+        async with self.scheduler.lease(request.gpu, health_wait_s) as lease:
+            instance = lease.instance
+            job_log.instance = instance.label
+            job_log.info("running on %s (waited %.0f ms)", instance.label, lease.wait_ms)
+            reporter = ProgressReporter(job, instance.label, self.settings.progress_interval_s, self.progress_sender)
+            outcome = await self._run_on_instance(
+                instance, lease.wait_ms, request, inputs, deadline, timeout_s, reporter, job_log
+            )
+        warnings += outcome.warnings
+
+        try:
+            started = time.monotonic()
+            delivery = await loop.run_in_executor(self._executor, self._deliver, outcome, request, job_id)
+            delivery_ms = _ms_since(started)
+        finally:
+            await loop.run_in_executor(self._executor, self._clean_outputs, instance, outcome)
+
+        timings = {
+            "queue_wait_ms": round(lease.wait_ms, 1),
+            "input_decode_ms": decode_ms,
+            **outcome.timings,
+            "delivery_ms": delivery_ms,
+            "s3_upload_ms": delivery.upload_ms if delivery.mode == "s3" else 0.0,
+            "total_ms": _ms_since(received),
+        }
+        job_log.info("done in %.0f ms: %s", timings["total_ms"],
+                     ", ".join(f"{len(v)} {k}" for k, v in delivery.outputs.items()) or "no outputs")
+        return {
+            "images": [],
+            **delivery.outputs,
+            "output_mode": delivery.mode,
+            "gpu": instance.spec.gpu,
+            "instance": instance.label,
+            "prompt_id": outcome.execution.prompt_id,
+            "timings": timings,
+            "metrics": self.scheduler.snapshot(),
+            "warnings": warnings + delivery.warnings,
+        }
+
+    def _decode_inputs(self, request: JobRequest) -> list[tuple[str, bytes]]:
+        return [
+            (item.name, decode_input_file(item, max_bytes=self.settings.max_input_file_bytes,
+                                          url_timeout_s=self.settings.input_url_timeout_s))
+            for item in request.files
+        ]
+
+    async def _run_on_instance(
+        self, instance, wait_ms, request, inputs, deadline, timeout_s, reporter, job_log
+    ) -> RunOutcome:
+        """Runs the blocking part in a thread; a cancelled job interrupts its prompt before the instance is freed."""
+        assert self.scheduler is not None
+        metrics = self.scheduler.metrics[instance.spec.index]
+        stop = threading.Event()
+        started = time.monotonic()
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._execute, instance, request, inputs, deadline, timeout_s, stop, reporter, job_log
+        )
+        ok = out_of_memory = False
+        try:
+            outcome = await asyncio.shield(future)
+            ok = True
+            return outcome
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(future)  # the follower interrupts our prompt, then returns
+            raise
+        except ExecutionFailed as error:
+            out_of_memory = error.out_of_memory
+            raise
+        finally:
+            metrics.record(ok=ok, wait_ms=wait_ms, execution_ms=_ms_since(started), out_of_memory=out_of_memory)
+            self._count_job()
+
+    def _execute(self, instance: ComfyInstance, request: JobRequest, inputs, deadline, timeout_s, stop, reporter,
+                 job_log) -> RunOutcome:
+        client = instance.client
+        timings: dict[str, Any] = {}
+        started = time.monotonic()
+        try:
+            for name, data in inputs:
+                client.upload_input(name, data)
+            timings["upload_ms"] = _ms_since(started)
+            job_folder = job_folder_name(job_log.job_id)
+            workflow = isolate_outputs(request.workflow, job_folder)
+            follower = PromptFollower(client, uuid.uuid4().hex, self.settings.websocket_quiet_s, job_log)
+            follower.connect()
+            try:
+                extra_data = {"api_key_comfy_org": request.comfy_org_api_key} if request.comfy_org_api_key else {}
+                prompt_id, warnings = client.submit(workflow, follower.client_id, extra_data)
+                job_log.info("prompt %s submitted", prompt_id)
+                execution = follower.follow(prompt_id, request.workflow, deadline, timeout_s, stop, reporter)
+            finally:
+                follower.close()
+        except JobCancelled:
+            raise asyncio.CancelledError() from None
+        except InstanceUnavailable as error:
+            raise self._explain_instance_failure(instance, error) from None
+        finally:
+            self._remove_inputs(instance, inputs)
+        timings.update(_execution_timings(execution, request.workflow))
+        started = time.monotonic()
+        files, texts = find_outputs(execution.history.get("outputs") or {}, request.include_previews, job_folder)
+        read = []
+        for output in files:
+            try:
+                read.append((output, output.path_in(instance.dirs).read_bytes()))
+            except (OSError, ValueError) as error:
+                warnings.append(f"output {output.name} of node {output.node_id} could not be read: {error}")
+        timings["collect_ms"] = _ms_since(started)
+        client.forget(execution.prompt_id)
+        return RunOutcome(execution, read, texts, warnings, timings, job_folder)
+
+    def _explain_instance_failure(self, instance: ComfyInstance, error: InstanceUnavailable) -> InstanceUnavailable:
+        time.sleep(0.5)  # a process that just died may not be reaped yet
+        if instance.is_alive():
+            return error
+        return InstanceUnavailable(
+            f"ComfyUI on {instance.label} died during the job (exit code {instance.exit_code()}); the worker restarts "
+            f"it. Its last log lines:\n{instance.log_tail(10)}"
+        )
+
+    def _deliver(self, outcome: RunOutcome, request: JobRequest, job_id: str) -> Delivery:
+        return deliver(
+            outcome.files, outcome.texts, job_id=job_id,
+            requested_mode=request.output_mode or self.settings.output_mode,
+            limit_bytes=self.settings.output_inline_limit_bytes,
+            bucket=request.s3 or self.settings.s3,
+            local_dir=self.settings.local_output_dir,
+        )
+
+    @staticmethod
+    def _remove_inputs(instance: ComfyInstance, inputs: list[tuple[str, bytes]]) -> None:
+        for name, _ in inputs:
+            with contextlib.suppress(OSError):
+                (instance.dirs.input / name).unlink()
+
+    @staticmethod
+    def _clean_outputs(instance: ComfyInstance, outcome: RunOutcome) -> None:
+        for output, _ in outcome.files:
+            if output.folder_type == "temp":
+                with contextlib.suppress(OSError, ValueError):
+                    output.path_in(instance.dirs).unlink()
+        if outcome.job_folder:
+            shutil.rmtree(instance.dirs.output / outcome.job_folder, ignore_errors=True)
+
+    def _count_job(self) -> None:
+        self.jobs_done += 1
+        if self.scheduler and self.jobs_done % self.settings.metrics_log_every == 0:
+            for metrics in self.scheduler.metrics:
+                log.info("metrics after %d jobs: %s", self.jobs_done, metrics.log_line())
+
+
+def _execution_timings(execution: Execution, workflow: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "execution_ms": execution.execution_ms,
+        "nodes_ms": {
+            node: {"class_type": workflow.get(node, {}).get("class_type", "?"), "ms": ms}
+            for node, ms in execution.node_ms.items()
+        },
+        "cached_nodes": execution.cached_nodes,
+        "sampling": {
+            node: {"steps": s.total_steps, "it_per_s": s.its} for node, s in execution.sampling.items()
+        },
+        "websocket_drops": execution.websocket_drops,
+        "history_polls": execution.history_polls,
+    }
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)

@@ -1,0 +1,92 @@
+"""Chooses the instance a job runs on and queues it there: one queue per instance, one job at a time each."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from .errors import InstanceUnavailable, InvalidInput
+from .instance import ComfyInstance
+from .metrics import InstanceMetrics
+
+log = logging.getLogger("comfy_worker.scheduler")
+
+HEALTH_WAIT_POLL_S = 0.5
+
+
+@dataclass
+class Lease:
+    instance: ComfyInstance
+    wait_ms: float
+
+
+def least_loaded(loads: Sequence[tuple[int, bool, int]]) -> int | None:
+    """Picks among (index, healthy, load) the healthy instance with the least load; ties go to the lowest index."""
+    candidates = [(load, index) for index, healthy, load in loads if healthy]
+    return min(candidates)[1] if candidates else None
+
+
+class Scheduler:
+    def __init__(self, instances: Sequence[ComfyInstance]) -> None:
+        self.instances = list(instances)
+        self.metrics = [InstanceMetrics(instance.label) for instance in self.instances]
+        self._locks = [asyncio.Lock() for _ in self.instances]
+
+    def load(self, index: int) -> int:
+        metrics = self.metrics[index]
+        return metrics.queue_length + metrics.running
+
+    def choose(self, pin: int | None) -> int:
+        if pin is not None:
+            if pin >= len(self.instances):
+                raise InvalidInput(
+                    f"'gpu': {pin} is out of range: this worker runs {len(self.instances)} instance(s), "
+                    f"numbered 0 to {len(self.instances) - 1}"
+                )
+            instance = self.instances[pin]
+            if not instance.healthy:
+                raise InstanceUnavailable(
+                    f"'gpu': {pin} pins instance {instance.label}, which is not healthy now (restarting or failed); "
+                    "send the job without 'gpu' to run it on another instance"
+                )
+            return pin
+        chosen = least_loaded([(i, inst.healthy, self.load(i)) for i, inst in enumerate(self.instances)])
+        if chosen is None:
+            raise InstanceUnavailable("no ComfyUI instance is healthy")
+        return chosen
+
+    async def _choose_waiting_for_health(self, pin: int | None, wait_s: float) -> int:
+        """Without a pin, waits up to `wait_s` for an instance to come back when none is healthy."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self.choose(pin)
+            except InstanceUnavailable:
+                if pin is not None or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(HEALTH_WAIT_POLL_S)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, pin: int | None, health_wait_s: float) -> AsyncIterator[Lease]:
+        """Holds the chosen instance for one job; jobs for a busy instance wait in its queue."""
+        queued_at = time.monotonic()
+        index = await self._choose_waiting_for_health(pin, health_wait_s)
+        metrics = self.metrics[index]
+        metrics.queue_length += 1
+        try:
+            await self._locks[index].acquire()
+        finally:
+            metrics.queue_length -= 1
+        metrics.running += 1
+        try:
+            yield Lease(self.instances[index], (time.monotonic() - queued_at) * 1000)
+        finally:
+            metrics.running -= 1
+            self._locks[index].release()
+
+    def snapshot(self) -> list[dict]:
+        return [m.snapshot() for m in self.metrics]

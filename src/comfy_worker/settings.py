@@ -1,0 +1,229 @@
+"""The worker's configuration: the only module that reads environment variables.
+
+Every variable is declared once in VARIABLES (name, default, meaning); docs/configuration.md lists the same
+table and a test keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    meaning: str
+    group: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    # --- ComfyUI instances ---
+    Variable("COMFYUI_DIR", "<repo>/.comfyui/ComfyUI", "The ComfyUI installation every instance runs.", "fleet"),
+    Variable("COMFY_PYTHON", "<this interpreter>", "The Python that runs ComfyUI.", "fleet"),
+    Variable("COMFY_WORK_DIR", "<repo>/.work",
+             "Root of each instance's own user, database, input, output and temp folders.", "fleet"),
+    Variable("COMFY_NUM_GPUS", "all visible",
+             "How many GPUs get an instance; 0 runs CPU instances even where GPUs exist.", "fleet"),
+    Variable("COMFY_MULTI_GPU_SCHED", "1", "0 runs a single instance on GPU 0 (the rollback switch).", "fleet"),
+    Variable("COMFY_CPU_INSTANCES", "1", "How many CPU instances run on a machine without a GPU.", "fleet"),
+    Variable("COMFY_HOST", "127.0.0.1", "Address the instances listen on (loopback only).", "fleet"),
+    Variable("COMFY_BASE_PORT", "8188", "Instance i listens on this port + i.", "fleet"),
+    Variable("COMFY_EXTRA_ARGS", "", "Extra ComfyUI command-line flags for every instance.", "fleet"),
+    Variable("COMFY_EXTRA_MODEL_PATHS", "",
+             "extra_model_paths.yaml files (separated by ':') for every instance, e.g. a network volume.", "fleet"),
+    Variable("COMFY_CUSTOM_NODES_DIRS", "",
+             "Extra custom-node folders (separated by ':') loaded by every instance.", "fleet"),
+    Variable("COMFY_START_TIMEOUT_S", "300", "Seconds an instance may take to answer after it starts.", "fleet"),
+    Variable("COMFY_RESTART_DEAD", "1", "Restart an instance whose process exits while the worker runs.", "fleet"),
+    # --- jobs ---
+    Variable("JOB_TIMEOUT_S", "1800", "Default job timeout; a job's `timeout_s` overrides it.", "jobs"),
+    Variable("WEBSOCKET_QUIET_S", "2",
+             "Seconds without a websocket message after which /history is polled.", "jobs"),
+    Variable("MAX_INPUT_FILE_MB", "50", "Largest input file (`images` entry) accepted, decoded.", "jobs"),
+    Variable("INPUT_URL_TIMEOUT_S", "30", "Time limit for fetching an input given as an http(s) URL.", "jobs"),
+    Variable("PROGRESS_INTERVAL_S", "1", "Least time between two progress updates sent to RunPod.", "jobs"),
+    Variable("METRICS_LOG_EVERY", "10", "Per-instance metrics are logged after every this many jobs.", "jobs"),
+    # --- outputs ---
+    Variable("OUTPUT_MODE", "auto",
+             "base64, s3, or auto (base64 unless the response would pass OUTPUT_INLINE_LIMIT_MB).", "outputs"),
+    Variable("OUTPUT_INLINE_LIMIT_MB", "10", "Largest response returned inline (RunPod's /run limit).", "outputs"),
+    Variable("LOCAL_OUTPUT_DIR", "", "Also write each job's outputs under this folder (local runs).", "outputs"),
+    Variable("BUCKET_ENDPOINT_URL", "", "S3 endpoint; with the keys below, outputs can go to S3.", "outputs"),
+    Variable("BUCKET_ACCESS_KEY_ID", "", "S3 access key id.", "outputs"),
+    Variable("BUCKET_SECRET_ACCESS_KEY", "", "S3 secret access key.", "outputs"),
+    Variable("BUCKET_NAME", "",
+             "S3 bucket; empty takes the first label of the endpoint's host (worker-comfyui's style).", "outputs"),
+    Variable("BUCKET_PREFIX", "", "Key prefix: objects are stored as {prefix}/{job_id}/{filename}.", "outputs"),
+    Variable("BUCKET_REGION", "", "S3 region (empty: the SDK's default).", "outputs"),
+    Variable("BUCKET_URL_EXPIRY_S", "604800", "Lifetime of the presigned URLs returned (7 days).", "outputs"),
+    # --- the process ---
+    Variable("LOG_LEVEL", "INFO", "The worker's log level.", "process"),
+    Variable("RUNPOD_WEBHOOK_POST_OUTPUT", "",
+             "Set by RunPod; when absent (local runs) no progress updates are sent.", "process"),
+)
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the worker cannot use."""
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str
+    bucket: str
+    prefix: str = ""
+    region: str | None = None
+    url_expiry_s: int = 604800
+
+
+@dataclass(frozen=True)
+class Settings:
+    comfyui_dir: Path
+    comfy_python: str
+    work_dir: Path
+    num_gpus: int | None
+    multi_gpu: bool
+    cpu_instances: int
+    host: str
+    base_port: int
+    extra_args: tuple[str, ...]
+    extra_model_paths: tuple[Path, ...]
+    custom_nodes_dirs: tuple[Path, ...]
+    start_timeout_s: float
+    restart_dead: bool
+    job_timeout_s: float
+    websocket_quiet_s: float
+    max_input_file_bytes: int
+    input_url_timeout_s: float
+    progress_interval_s: float
+    metrics_log_every: int
+    output_mode: str
+    output_inline_limit_bytes: int
+    local_output_dir: Path | None
+    s3: S3Config | None
+    log_level: str
+    send_progress: bool
+
+
+OUTPUT_MODES = ("auto", "base64", "s3")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Reads the configuration from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    known = {v.name for v in VARIABLES}
+
+    def raw(name: str) -> str:
+        assert name in known, name
+        return env.get(name, "").strip()
+
+    def number(name: str, default: float, minimum: float = 0) -> float:
+        text = raw(name)
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise SettingsError(f"{name}={text!r} is not a number") from None
+        if value < minimum:
+            raise SettingsError(f"{name}={text!r} must be at least {minimum:g}")
+        return value
+
+    def integer(name: str, default: int, minimum: int = 0) -> int:
+        value = number(name, default, minimum)
+        if value != int(value):
+            raise SettingsError(f"{name}={raw(name)!r} must be a whole number")
+        return int(value)
+
+    def flag(name: str, default: bool) -> bool:
+        text = raw(name).lower()
+        if not text:
+            return default
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}={text!r} is not a switch: use 1 or 0")
+
+    def paths(name: str) -> tuple[Path, ...]:
+        return tuple(Path(p).expanduser() for p in raw(name).split(os.pathsep) if p)
+
+    output_mode = raw("OUTPUT_MODE").lower() or "auto"
+    if output_mode not in OUTPUT_MODES:
+        raise SettingsError(f"OUTPUT_MODE={output_mode!r} is not one of {', '.join(OUTPUT_MODES)}")
+    num_gpus_text = raw("COMFY_NUM_GPUS")
+    local_output = raw("LOCAL_OUTPUT_DIR")
+
+    return Settings(
+        comfyui_dir=Path(raw("COMFYUI_DIR") or REPO_ROOT / ".comfyui" / "ComfyUI").expanduser(),
+        comfy_python=raw("COMFY_PYTHON") or sys.executable,
+        work_dir=Path(raw("COMFY_WORK_DIR") or REPO_ROOT / ".work").expanduser(),
+        num_gpus=integer("COMFY_NUM_GPUS", 0) if num_gpus_text else None,
+        multi_gpu=flag("COMFY_MULTI_GPU_SCHED", True),
+        cpu_instances=integer("COMFY_CPU_INSTANCES", 1, minimum=1),
+        host=raw("COMFY_HOST") or "127.0.0.1",
+        base_port=integer("COMFY_BASE_PORT", 8188, minimum=1),
+        extra_args=tuple(shlex.split(raw("COMFY_EXTRA_ARGS"))),
+        extra_model_paths=paths("COMFY_EXTRA_MODEL_PATHS"),
+        custom_nodes_dirs=paths("COMFY_CUSTOM_NODES_DIRS"),
+        start_timeout_s=number("COMFY_START_TIMEOUT_S", 300, minimum=1),
+        restart_dead=flag("COMFY_RESTART_DEAD", True),
+        job_timeout_s=number("JOB_TIMEOUT_S", 1800, minimum=1),
+        websocket_quiet_s=number("WEBSOCKET_QUIET_S", 2, minimum=0.1),
+        max_input_file_bytes=int(number("MAX_INPUT_FILE_MB", 50, minimum=0.001) * 1_000_000),
+        input_url_timeout_s=number("INPUT_URL_TIMEOUT_S", 30, minimum=1),
+        progress_interval_s=number("PROGRESS_INTERVAL_S", 1),
+        metrics_log_every=integer("METRICS_LOG_EVERY", 10, minimum=1),
+        output_mode=output_mode,
+        output_inline_limit_bytes=int(number("OUTPUT_INLINE_LIMIT_MB", 10, minimum=0) * 1_000_000),
+        local_output_dir=Path(local_output).expanduser() if local_output else None,
+        s3=_s3_from(raw, integer),
+        log_level=(raw("LOG_LEVEL") or "INFO").upper(),
+        send_progress=bool(raw("RUNPOD_WEBHOOK_POST_OUTPUT")),
+    )
+
+
+def _s3_from(raw, integer) -> S3Config | None:
+    endpoint = raw("BUCKET_ENDPOINT_URL")
+    key_id, secret = raw("BUCKET_ACCESS_KEY_ID"), raw("BUCKET_SECRET_ACCESS_KEY")
+    if not endpoint:
+        return None
+    if not (key_id and secret):
+        raise SettingsError("BUCKET_ENDPOINT_URL is set but BUCKET_ACCESS_KEY_ID or BUCKET_SECRET_ACCESS_KEY is not")
+    endpoint, bucket = split_bucket_endpoint(endpoint, raw("BUCKET_NAME"))
+    return S3Config(
+        endpoint_url=endpoint,
+        access_key_id=key_id,
+        secret_access_key=secret,
+        bucket=bucket,
+        prefix=raw("BUCKET_PREFIX").strip("/"),
+        region=raw("BUCKET_REGION") or None,
+        url_expiry_s=integer("BUCKET_URL_EXPIRY_S", 604800, minimum=1),
+    )
+
+
+def split_bucket_endpoint(endpoint: str, bucket: str) -> tuple[str, str]:
+    """Returns (endpoint, bucket). Without a bucket name, worker-comfyui's style applies: the endpoint's first host
+    label names the bucket (https://my-bucket.s3.eu-west-1.amazonaws.com → my-bucket at https://s3.eu-west-1...)."""
+    if bucket:
+        return endpoint, bucket
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    label, _, rest = host.partition(".")
+    if not rest or label.isdigit():
+        raise SettingsError(
+            f"BUCKET_NAME is empty and the endpoint {endpoint!r} does not start with a bucket name: set BUCKET_NAME"
+        )
+    netloc = rest + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")), label
