@@ -1,0 +1,99 @@
+"""Fixtures: the pinned ComfyUI as two real CPU instances behind one Worker, and a real S3 server (moto)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comfy_worker.logs import configure
+from comfy_worker.pipeline import Worker
+from comfy_worker.settings import load_settings
+
+TESTS = Path(__file__).resolve().parent
+CUSTOM_NODES = TESTS / "custom_nodes"
+
+
+def free_port_block(count: int) -> int:
+    """The first port of `count` consecutive free loopback ports."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65000:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no block of free ports")
+
+
+@pytest.fixture(scope="session")
+def comfyui_dir() -> Path:
+    directory = load_settings().comfyui_dir
+    if not (directory / "main.py").is_file():
+        pytest.fail(
+            f"ComfyUI v0.29.0 is not installed at {directory}: run `make test`, which installs it "
+            "(where GitHub cannot be reached, give its source: COMFYUI_SRC=/path/to/ComfyUI-v0.29.0 make test)",
+            pytrace=False,
+        )
+    return directory
+
+
+def worker_env(comfyui_dir: Path, work_dir: Path, instances: int, **extra: str) -> dict[str, str]:
+    return {
+        "COMFYUI_DIR": str(comfyui_dir),
+        "COMFY_WORK_DIR": str(work_dir),
+        "COMFY_NUM_GPUS": "0",
+        "COMFY_CPU_INSTANCES": str(instances),
+        "COMFY_BASE_PORT": str(free_port_block(instances)),
+        "COMFY_CUSTOM_NODES_DIRS": str(CUSTOM_NODES),
+        "WEBSOCKET_QUIET_S": "1",
+        "COMFY_START_TIMEOUT_S": "180",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def run() -> Iterator[Callable[..., Any]]:
+    """Runs a coroutine on one event loop shared by the session, as RunPod's worker does."""
+    loop = asyncio.new_event_loop()
+    yield loop.run_until_complete
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def worker(comfyui_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    configure("INFO")
+    settings = load_settings(worker_env(comfyui_dir, tmp_path_factory.mktemp("work"), instances=2))
+    worker = Worker(settings, gpus=[])
+    worker.start()
+    if worker.startup_error:
+        worker.stop()
+        pytest.fail(f"the ComfyUI instances did not start: {worker.startup_error}", pytrace=False)
+    yield worker
+    worker.stop()
+
+
+def make_job(workflow: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"id": f"test-{uuid.uuid4().hex[:8]}", "input": {"workflow": workflow, **fields}}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port_block(1)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

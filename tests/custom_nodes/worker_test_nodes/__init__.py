@@ -1,0 +1,144 @@
+"""Nodes the tests load into the real ComfyUI instances: slow steps with progress, a dropped websocket, a
+VideoHelperSuite-style `gifs` output, a failure on demand and a crash. Not shipped in the image."""
+
+import asyncio
+import math
+import os
+import signal
+import time
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import numpy as np
+import torch
+from PIL import Image
+from server import PromptServer
+
+CATEGORY = "worker_tests"
+
+
+class WorkerTestSleep:
+    """Passes the image through after `seconds`, reporting steps and honouring interrupts."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 600.0})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return math.nan  # never cached: every job really waits
+
+    def run(self, image, seconds):
+        steps = max(1, int(seconds / 0.05))
+        bar = comfy.utils.ProgressBar(steps)
+        for _ in range(steps):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            time.sleep(seconds / steps)
+            bar.update(1)
+        return (image,)
+
+
+class WorkerTestDropWebsockets:
+    """Closes every websocket the server holds, as a network drop would, then carries on."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return math.nan
+
+    def run(self, image):
+        server = PromptServer.instance
+        for ws in list(server.sockets.values()):
+            asyncio.run_coroutine_threadsafe(ws.close(), server.loop).result(5)
+        time.sleep(0.5)
+        return (image,)
+
+
+class WorkerTestSaveGif:
+    """Saves the batch as an animated GIF and reports it under `gifs`, the way VideoHelperSuite does."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "gif"})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+
+    def run(self, images, filename_prefix):
+        output_dir = folder_paths.get_output_directory()
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, output_dir, images.shape[2], images.shape[1]
+        )
+        frames = [Image.fromarray(np.clip(255.0 * i.cpu().numpy(), 0, 255).astype(np.uint8)) for i in images]
+        filename = f"{name}_{counter:05}.gif"
+        fullpath = os.path.join(folder, filename)
+        frames[0].save(fullpath, save_all=True, append_images=frames[1:], duration=125, loop=0)
+        gif = {"filename": filename, "subfolder": subfolder, "type": "output", "format": "image/gif",
+               "frame_rate": 8.0, "fullpath": fullpath}
+        return {"ui": {"gifs": [gif]}}
+
+
+class WorkerTestRaise:
+    """Fails on purpose: a plain error, or a CUDA-style out-of-memory error."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "message": ("STRING", {"default": "boom"}),
+                             "out_of_memory": ("BOOLEAN", {"default": False})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return math.nan
+
+    def run(self, image, message, out_of_memory):
+        if out_of_memory:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. {message}")
+        raise ValueError(message)
+
+
+class WorkerTestCrash:
+    """Kills its own ComfyUI process (SIGKILL) after `seconds`, as a driver fault or the OOM killer would."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 0.5})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return math.nan
+
+    def run(self, image, seconds):
+        time.sleep(seconds)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return (image,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "WorkerTestSleep": WorkerTestSleep,
+    "WorkerTestDropWebsockets": WorkerTestDropWebsockets,
+    "WorkerTestSaveGif": WorkerTestSaveGif,
+    "WorkerTestRaise": WorkerTestRaise,
+    "WorkerTestCrash": WorkerTestCrash,
+}
