@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import signal
 import sys
 from typing import Any
@@ -16,30 +17,42 @@ import runpod
 
 from comfy_worker.logs import configure
 from comfy_worker.pipeline import Worker
-from comfy_worker.settings import load_settings
+from comfy_worker.settings import SettingsError, load_settings
 
-settings = load_settings()
-configure(settings.log_level)
-worker = Worker(settings)
+configuration_error: str | None = None
+worker: Worker | None = None
+try:
+    settings = load_settings()
+    configure(settings.log_level)
+    worker = Worker(settings)
+except SettingsError as error:
+    configure("INFO")
+    configuration_error = f"the worker's configuration is invalid: {error}"
+    logging.getLogger("comfy_worker").error(configuration_error)
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
+    if worker is None:
+        return {"error": configuration_error}
     return await worker.handle(job)
 
 
 def concurrency_modifier(current: int) -> int:
-    return worker.concurrency
+    return worker.concurrency if worker else 1
 
 
-def _stop_on_signal(signum: int, _frame: Any) -> None:
-    worker.stop()
-    sys.exit(128 + signum)
+def _stop(signum: int | None = None, _frame: Any = None) -> None:
+    if worker is not None:
+        worker.stop()
+    if signum is not None:
+        sys.exit(128 + signum)
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    atexit.register(worker.stop)
-    worker.start()
+    signal.signal(signal.SIGTERM, _stop)
+    atexit.register(_stop)
+    if worker is not None:
+        worker.start()
     runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
 
 

@@ -100,13 +100,14 @@ class Fleet:
                           instance.label, instance.exit_code(), instance.log_tail())
                 if self.settings.restart_dead:
                     self._restarting.add(instance.spec.index)
-                    threading.Thread(target=self._restart, args=(instance,), daemon=True).start()
+                    instance.restarts += 1
+                    log.warning("[%s] restarting ComfyUI (restart %d)", instance.label, instance.restarts)
+                    # Launched from this long-lived thread: a child dies with the thread that started it.
+                    instance.launch()
+                    threading.Thread(target=self._await_restart, args=(instance,), daemon=True).start()
 
-    def _restart(self, instance: ComfyInstance) -> None:
+    def _await_restart(self, instance: ComfyInstance) -> None:
         try:
-            instance.restarts += 1
-            log.warning("[%s] restarting ComfyUI (restart %d)", instance.label, instance.restarts)
-            instance.launch()
             if self._wait_ready(instance) is None:
                 log.info("[%s] ComfyUI is back", instance.label)
         finally:

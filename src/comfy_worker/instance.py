@@ -6,6 +6,7 @@ import collections
 import ctypes
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -21,6 +22,7 @@ log = logging.getLogger("comfy_worker.instance")
 comfy_log = logging.getLogger("comfy_worker.comfyui")
 
 LOG_TAIL_LINES = 40
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 STOP_GRACE_S = 10.0
 
 
@@ -83,7 +85,8 @@ def build_command(spec: InstanceSpec, settings: Settings, dirs: InstanceDirs, mo
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel kills ComfyUI if the worker dies, so no instance outlives it."""
+    """Runs in the child before exec: the kernel kills ComfyUI if the worker dies, so no instance outlives it.
+    Linux ties this to the thread that started the child: launch only from long-lived threads."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -101,6 +104,8 @@ class ComfyInstance:
         self.client = ComfyClient(f"http://{settings.host}:{spec.port}", spec.label)
         self.healthy = False
         self.restarts = 0
+        self.launches = 0  # tells a job whether the process it started on is still the one running
+        self.last_exit_code: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self._stopping = False
@@ -115,10 +120,19 @@ class ComfyInstance:
     def exit_code(self) -> int | None:
         return self._process.poll() if self._process else None
 
+    def died_since(self, launches: int) -> bool:
+        """Whether the process that was running at `launches` has exited since; False when it still runs."""
+        if self.launches != launches:
+            return True
+        return not self.is_alive()
+
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(list(self._tail)[-lines:])
 
     def launch(self) -> None:
+        if self._process is not None:
+            self.last_exit_code = self._process.poll()
+        self.launches += 1
         self.dirs.create()
         self._stopping = False
         command = build_command(self.spec, self.settings, self.dirs, self.model_paths)
@@ -133,7 +147,7 @@ class ComfyInstance:
     def _pump_log(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
         for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
+            line = ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace")).rstrip()
             if line:
                 self._tail.append(line)
                 comfy_log.info("[%s] %s", self.label, line)

@@ -194,6 +194,7 @@ class Worker:
     def _execute(self, instance: ComfyInstance, request: JobRequest, inputs, deadline, timeout_s, stop, reporter,
                  job_log) -> RunOutcome:
         client = instance.client
+        launches = instance.launches
         timings: dict[str, Any] = {}
         started = time.monotonic()
         try:
@@ -214,7 +215,7 @@ class Worker:
         except JobCancelled:
             raise asyncio.CancelledError() from None
         except InstanceUnavailable as error:
-            raise self._explain_instance_failure(instance, error) from None
+            raise self._explain_instance_failure(instance, launches, error) from None
         finally:
             self._remove_inputs(instance, inputs)
         timings.update(_execution_timings(execution, request.workflow))
@@ -230,13 +231,17 @@ class Worker:
         client.forget(execution.prompt_id)
         return RunOutcome(execution, read, texts, warnings, timings, job_folder)
 
-    def _explain_instance_failure(self, instance: ComfyInstance, error: InstanceUnavailable) -> InstanceUnavailable:
+    @staticmethod
+    def _explain_instance_failure(
+        instance: ComfyInstance, launches: int, error: InstanceUnavailable
+    ) -> InstanceUnavailable:
         time.sleep(0.5)  # a process that just died may not be reaped yet
-        if instance.is_alive():
+        if not instance.died_since(launches):
             return error
+        code = instance.exit_code() if instance.launches == launches else instance.last_exit_code
         return InstanceUnavailable(
-            f"ComfyUI on {instance.label} died during the job (exit code {instance.exit_code()}); the worker restarts "
-            f"it. Its last log lines:\n{instance.log_tail(10)}"
+            f"ComfyUI on {instance.label} died during the job (exit code {code}); the worker restarts it. "
+            f"Its last log lines:\n{instance.log_tail(10)}"
         )
 
     def _deliver(self, outcome: RunOutcome, request: JobRequest, job_id: str) -> Delivery:

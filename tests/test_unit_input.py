@@ -1,0 +1,84 @@
+"""Unit tests: job input validation and input-file decoding."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from comfy_worker.errors import InvalidInput
+from comfy_worker.input_files import decode_input_file
+from comfy_worker.job_input import InputFile, parse_job_input
+
+NODE = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+
+
+def error_of(raw) -> str:
+    with pytest.raises(InvalidInput) as caught:
+        parse_job_input(raw)
+    return str(caught.value)
+
+
+def test_a_worker_comfyui_request_parses():
+    request = parse_job_input({"workflow": NODE, "images": [{"name": "a.png", "image": "aGk="}],
+                               "comfy_org_api_key": "k"})
+    assert request.files == (InputFile("a.png", "aGk="),)
+    assert request.comfy_org_api_key == "k" and request.gpu is None and not request.ignored_fields
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("text", "must be a JSON object"),
+    ({}, "no 'workflow'"),
+    ({"workflow": []}, "'workflow' must be a JSON object"),
+    ({"workflow": {}}, "'workflow' is empty"),
+    ({"workflow": {"nodes": [], "links": []}}, "Export (API)"),
+    ({"workflow": {"1": {"inputs": {}}}}, "has no 'class_type'"),
+    ({"workflow": {"1": 5}}, "must be an object"),
+    ({"workflow": {"1": {"class_type": "X", "inputs": []}}}, "'inputs' must be an object"),
+    ({"workflow": NODE, "images": {}}, "'images' must be a list"),
+    ({"workflow": NODE, "images": [{"name": "../x.png", "image": "aGk="}]}, "plain file name"),
+    ({"workflow": NODE, "images": [{"name": "/etc/passwd", "image": "aGk="}]}, "plain file name"),
+    ({"workflow": NODE, "images": [{"name": "a.png"}]}, "'image' must be base64"),
+    ({"workflow": NODE, "images": [{"name": "a", "image": "x"}, {"name": "a", "image": "y"}]}, "used twice"),
+    ({"workflow": NODE, "gpu": -1}, "'gpu' must be a whole number"),
+    ({"workflow": NODE, "gpu": True}, "'gpu' must be a whole number"),
+    ({"workflow": NODE, "timeout_s": 0}, "'timeout_s' must be a positive number"),
+    ({"workflow": NODE, "output_mode": "ftp"}, "'output_mode' must be one of"),
+    ({"workflow": NODE, "s3": {"endpoint_url": "http://x"}}, "'s3' lacks access_key_id, secret_access_key"),
+    ({"workflow": NODE, "include_previews": "yes"}, "'include_previews' must be true or false"),
+])
+def test_bad_input_gets_an_error_saying_what_to_fix(raw, expected):
+    assert expected in error_of(raw)
+
+
+def test_unknown_fields_are_reported_not_fatal():
+    assert parse_job_input({"workflow": NODE, "colour": 1}).ignored_fields == ("colour",)
+
+
+def test_per_request_s3_takes_the_bucket_from_a_virtual_host_endpoint():
+    request = parse_job_input({"workflow": NODE, "s3": {
+        "endpoint_url": "https://my-bucket.s3.eu-west-1.amazonaws.com", "access_key_id": "a",
+        "secret_access_key": "b"}})
+    assert request.s3.bucket == "my-bucket" and request.s3.endpoint_url == "https://s3.eu-west-1.amazonaws.com"
+
+
+def decode(source: str, max_bytes: int = 1000) -> bytes:
+    return decode_input_file(InputFile("f.png", source), max_bytes=max_bytes, url_timeout_s=5)
+
+
+def test_base64_and_data_uris_decode():
+    payload = base64.b64encode(b"\x89PNG data").decode()
+    assert decode(payload) == b"\x89PNG data"
+    assert decode("data:image/png;base64," + payload) == b"\x89PNG data"
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("not base64!!", "not valid base64"),
+    ("ftp://host/file.png", "only http(s) URLs"),
+    ("file:///etc/passwd", "only http(s) URLs"),
+    (base64.b64encode(b"x" * 2000).decode(), "over the 0.001 MB limit"),
+])
+def test_undecodable_inputs_are_refused(source, expected):
+    with pytest.raises(InvalidInput, match=r"f\.png") as caught:
+        decode(source)
+    assert expected in str(caught.value)

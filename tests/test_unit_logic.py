@@ -1,0 +1,162 @@
+"""Unit tests: settings, instance planning and command line, routing, output finding, delivery choice, error text,
+per-job workflow rewriting, progress throttling."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from comfy_worker.comfy_client import describe_rejection
+from comfy_worker.delivery import base64_size, choose_mode
+from comfy_worker.errors import DeliveryFailed
+from comfy_worker.fleet import plan_instances
+from comfy_worker.gpus import Gpu
+from comfy_worker.instance import InstanceDirs, InstanceSpec, build_command
+from comfy_worker.outputs import find_outputs
+from comfy_worker.progress import ProgressReporter
+from comfy_worker.scheduler import least_loaded
+from comfy_worker.settings import REPO_ROOT, VARIABLES, SettingsError, load_settings
+from comfy_worker.workflow_rewrite import isolate_outputs, user_subfolder
+
+GPUS = [Gpu(i, "H200", 143771) for i in range(4)]
+
+
+def test_defaults_need_no_environment():
+    settings = load_settings({})
+    assert settings.output_mode == "auto" and settings.s3 is None and settings.num_gpus is None
+    assert settings.base_port == 8188 and settings.multi_gpu and settings.output_inline_limit_bytes == 10_000_000
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"COMFY_NUM_GPUS": "two"}, "COMFY_NUM_GPUS='two' is not a number"),
+    ({"COMFY_MULTI_GPU_SCHED": "maybe"}, "not a switch"),
+    ({"OUTPUT_MODE": "ftp"}, "OUTPUT_MODE='ftp'"),
+    ({"BUCKET_ENDPOINT_URL": "http://127.0.0.1:9000"}, "BUCKET_ACCESS_KEY_ID"),
+    ({"BUCKET_ENDPOINT_URL": "http://127.0.0.1:9000", "BUCKET_ACCESS_KEY_ID": "a",
+      "BUCKET_SECRET_ACCESS_KEY": "b"}, "set BUCKET_NAME"),
+])
+def test_bad_settings_name_the_variable(env, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(env)
+
+
+def test_every_variable_is_documented_and_every_documented_variable_exists():
+    page = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", page, flags=re.MULTILINE))
+    assert documented == {v.name for v in VARIABLES}
+
+
+def test_the_settings_module_is_the_only_reader_of_the_environment():
+    sources = (REPO_ROOT / "src" / "comfy_worker").glob("*.py")
+    readers = {p.name for p in sources if re.search(r"os\.environ|os\.getenv", p.read_text())}
+    assert readers <= {"settings.py", "instance.py"}  # instance.py passes the environment on to ComfyUI
+    assert "os.environ.get" not in (REPO_ROOT / "src" / "comfy_worker" / "instance.py").read_text()
+
+
+def test_one_instance_per_gpu_limited_and_rolled_back():
+    assert [s.gpu for s in plan_instances(load_settings({}), GPUS)] == [0, 1, 2, 3]
+    assert [s.port for s in plan_instances(load_settings({}), GPUS)] == [8188, 8189, 8190, 8191]
+    assert [s.gpu for s in plan_instances(load_settings({"COMFY_NUM_GPUS": "2"}), GPUS)] == [0, 1]
+    assert [s.gpu for s in plan_instances(load_settings({"COMFY_MULTI_GPU_SCHED": "0"}), GPUS)] == [0]
+
+
+def test_cpu_instances_without_gpus():
+    specs = plan_instances(load_settings({"COMFY_CPU_INSTANCES": "2"}), [])
+    assert [(s.gpu, s.label) for s in specs] == [(None, "cpu0"), (None, "cpu1")]
+    assert len(plan_instances(load_settings({"COMFY_NUM_GPUS": "0", "COMFY_CPU_INSTANCES": "3"}), GPUS)) == 3
+    assert len(plan_instances(load_settings({"COMFY_CPU_INSTANCES": "3", "COMFY_MULTI_GPU_SCHED": "0"}), [])) == 1
+
+
+def test_each_instance_gets_its_gpu_port_and_own_folders():
+    settings = load_settings({"COMFY_EXTRA_ARGS": "--highvram --reserve-vram 1"})
+    dirs = InstanceDirs(Path("/w/gpu1"))
+    command = build_command(InstanceSpec(1, 1, 8189), settings, dirs, [Path("/v/extra.yaml")])
+    joined = " ".join(command)
+    assert "--listen 127.0.0.1 --port 8189" in joined and "--cuda-device 1" in joined and "--cpu" not in command
+    for flag, path in [("--user-directory", "/w/gpu1/user"), ("--input-directory", "/w/gpu1/input"),
+                       ("--output-directory", "/w/gpu1/output"), ("--temp-directory", "/w/gpu1/temp"),
+                       ("--database-url", "sqlite:////w/gpu1/comfyui.db"),
+                       ("--extra-model-paths-config", "/v/extra.yaml")]:
+        assert command[command.index(flag) + 1] == path
+    assert command[-3:] == ["--highvram", "--reserve-vram", "1"]
+
+
+def test_least_loaded_healthy_instance_wins():
+    assert least_loaded([(0, True, 2), (1, True, 0), (2, True, 1)]) == 1
+    assert least_loaded([(0, True, 1), (1, False, 0)]) == 0
+    assert least_loaded([(0, True, 1), (1, True, 1)]) == 0
+    assert least_loaded([(0, False, 0)]) is None
+
+
+def test_outputs_of_every_kind_are_found_and_previews_skipped():
+    history = {
+        "9": {"images": [{"filename": "a.png", "subfolder": "job-x", "type": "output"},
+                         {"filename": "p.png", "subfolder": "", "type": "temp"}]},
+        "10": {"images": [{"filename": "v.mp4", "subfolder": "job-x/vid", "type": "output"}], "animated": [True]},
+        "11": {"gifs": [{"filename": "g.webm", "subfolder": "job-x", "type": "output", "format": "video/webm"}]},
+        "12": {"audio": [{"filename": "s.flac", "subfolder": "job-x/audio", "type": "output"}]},
+        "13": {"text": ["hello"]},
+        "14": {"images": [{"filename": "w.webp", "subfolder": "job-x", "type": "output"}], "animated": [True]},
+    }
+    files, texts = find_outputs(history, include_previews=False, job_folder="job-x")
+    found = {(f.kind, f.name, f.animated) for f in files}
+    assert found == {("images", "a.png", False), ("videos", "vid/v.mp4", False), ("gifs", "g.webm", False),
+                     ("audio", "audio/s.flac", False), ("images", "w.webp", True)}
+    assert [(t.node_id, t.text) for t in texts] == [("13", "hello")]
+    files, _ = find_outputs(history, include_previews=True, job_folder="job-x")
+    assert any(f.folder_type == "temp" for f in files)
+
+
+def test_an_output_cannot_point_outside_its_folder():
+    files, _ = find_outputs({"1": {"images": [{"filename": "x", "subfolder": "../../etc", "type": "output"}]}},
+                            include_previews=False)
+    with pytest.raises(ValueError, match="outside"):
+        files[0].path_in(InstanceDirs(Path("/w/cpu0")))
+
+
+def test_every_filename_prefix_goes_under_the_job_folder():
+    workflow = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "me/pic"}},
+                "2": {"class_type": "VHS_VideoCombine", "inputs": {"filename_prefix": "clip"}},
+                "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": ["5", 0]}}}
+    rewritten = isolate_outputs(workflow, "job-1")
+    assert rewritten["1"]["inputs"]["filename_prefix"] == "job-1/me/pic"
+    assert rewritten["2"]["inputs"]["filename_prefix"] == "job-1/clip"
+    assert rewritten["3"]["inputs"]["filename_prefix"] == ["5", 0]
+    assert workflow["1"]["inputs"]["filename_prefix"] == "me/pic"  # the user's workflow is untouched
+    assert user_subfolder("job-1/me", "job-1") == "me" and user_subfolder("job-1", "job-1") == ""
+
+
+def test_delivery_mode_follows_size_and_bucket():
+    assert choose_mode("auto", 1_000, 10_000_000, has_bucket=False) == "base64"
+    assert choose_mode("auto", 20_000_000, 10_000_000, has_bucket=True) == "s3"
+    with pytest.raises(DeliveryFailed, match="configure a bucket"):
+        choose_mode("auto", 20_000_000, 10_000_000, has_bucket=False)
+    with pytest.raises(DeliveryFailed, match="no bucket is configured"):
+        choose_mode("s3", 1, 10_000_000, has_bucket=False)
+    assert choose_mode("base64", 20_000_000, 10_000_000, has_bucket=True) == "base64"
+    assert base64_size(3) == 4 and base64_size(4) == 8
+
+
+def test_validation_errors_become_readable_lines():
+    payload = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
+               "node_errors": {"4": {"class_type": "CheckpointLoaderSimple", "errors": [
+                   {"type": "value_not_in_list", "message": "Value not in list", "details": "...",
+                    "extra_info": {"input_name": "ckpt_name", "received_value": "x.safetensors"}}]}}}
+    choices = {"ckpt_name": [f"m{i}.safetensors" for i in range(25)]}
+    lines = describe_rejection(payload, {}, lambda cls, name: choices[name])
+    assert lines == ["node 4 (CheckpointLoaderSimple): ckpt_name 'x.safetensors' not in list; available: "
+                     + ", ".join(f"m{i}.safetensors" for i in range(20)) + ", … 5 more"]
+    assert describe_rejection({"error": {"message": "No outputs", "details": "add a Save node"}}, {}) == [
+        "No outputs: add a Save node"]
+
+
+def test_progress_is_throttled_and_names_the_gpu(monkeypatch):
+    sent = []
+    clock = iter([0.0, 0.3, 1.2, 1.5, 2.4])
+    monkeypatch.setattr("comfy_worker.progress.time.monotonic", lambda: next(clock))
+    reporter = ProgressReporter({"id": "j"}, "gpu1", 1.0, lambda job, payload: sent.append(payload))
+    for step in range(5):
+        reporter({"node": "3", "step": step, "steps": 5})
+    assert [p["step"] for p in sent] == [0, 2, 4] and all(p["gpu"] == "gpu1" for p in sent)
