@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import s3
 from .errors import DeliveryFailed
 from .outputs import OutputFile, OutputText
 from .settings import S3Config
@@ -72,6 +71,8 @@ def deliver(
         if output.animated:
             item["animated"] = True
         if mode == "s3":
+            from . import s3  # boto3 is slow to import and only needed here
+
             assert bucket is not None
             item.update(type="s3_url", data=s3.upload(bucket, s3.object_key(bucket, job_id, output.name), data,
                                                        output.content_type))
