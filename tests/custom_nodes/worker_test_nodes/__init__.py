@@ -2,10 +2,10 @@
 VideoHelperSuite-style `gifs` output, a failure on demand and a crash. Not shipped in the image."""
 
 import asyncio
-import math
 import os
 import signal
 import time
+import uuid
 
 import comfy.model_management
 import comfy.utils
@@ -31,7 +31,7 @@ class WorkerTestSleep:
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
-        return math.nan  # never cached: every job really waits
+        return uuid.uuid4().hex  # never cached: every job really runs (math.nan would equal itself in a list)
 
     def run(self, image, seconds):
         steps = max(1, int(seconds / 0.05))
@@ -56,7 +56,7 @@ class WorkerTestDropWebsockets:
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
-        return math.nan
+        return uuid.uuid4().hex
 
     def run(self, image):
         server = PromptServer.instance
@@ -106,7 +106,7 @@ class WorkerTestRaise:
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
-        return math.nan
+        return uuid.uuid4().hex
 
     def run(self, image, message, out_of_memory):
         if out_of_memory:
@@ -127,7 +127,7 @@ class WorkerTestCrash:
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
-        return math.nan
+        return uuid.uuid4().hex
 
     def run(self, image, seconds):
         time.sleep(seconds)
