@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from workflows import invert, sleep  # noqa: E402
+from workflows import invert, sleep
 
-from comfy_worker.logs import configure  # noqa: E402
-from comfy_worker.pipeline import Worker  # noqa: E402
-from comfy_worker.settings import load_settings  # noqa: E402
+from comfy_worker.logs import configure
+from comfy_worker.pipeline import Worker
+from comfy_worker.settings import load_settings
 
 SLEEP_S = 2.0
 

@@ -18,12 +18,8 @@ from server import PromptServer
 CATEGORY = "worker_tests"
 
 
-class WorkerTestSleep:
-    """Passes the image through after `seconds`, reporting steps and honouring interrupts."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 600.0})}}
+class AlwaysRunImageNode:
+    """An IMAGE → IMAGE node that ComfyUI never serves from its cache: every job really runs it."""
 
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "run"
@@ -31,7 +27,15 @@ class WorkerTestSleep:
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
-        return uuid.uuid4().hex  # never cached: every job really runs (math.nan would equal itself in a list)
+        return uuid.uuid4().hex  # a fresh value; math.nan would equal itself inside ComfyUI's cache key
+
+
+class WorkerTestSleep(AlwaysRunImageNode):
+    """Passes the image through after `seconds`, reporting steps and honouring interrupts."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 600.0})}}
 
     def run(self, image, seconds):
         steps = max(1, int(seconds / 0.05))
@@ -43,20 +47,12 @@ class WorkerTestSleep:
         return (image,)
 
 
-class WorkerTestDropWebsockets:
+class WorkerTestDropWebsockets(AlwaysRunImageNode):
     """Closes every websocket the server holds, as a network drop would, then carries on."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"image": ("IMAGE",)}}
-
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "run"
-    CATEGORY = CATEGORY
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return uuid.uuid4().hex
 
     def run(self, image):
         server = PromptServer.instance
@@ -92,7 +88,7 @@ class WorkerTestSaveGif:
         return {"ui": {"gifs": [gif]}}
 
 
-class WorkerTestRaise:
+class WorkerTestRaise(AlwaysRunImageNode):
     """Fails on purpose: a plain error, or a CUDA-style out-of-memory error."""
 
     @classmethod
@@ -100,34 +96,18 @@ class WorkerTestRaise:
         return {"required": {"image": ("IMAGE",), "message": ("STRING", {"default": "boom"}),
                              "out_of_memory": ("BOOLEAN", {"default": False})}}
 
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "run"
-    CATEGORY = CATEGORY
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return uuid.uuid4().hex
-
     def run(self, image, message, out_of_memory):
         if out_of_memory:
             raise torch.OutOfMemoryError(f"CUDA out of memory. {message}")
         raise ValueError(message)
 
 
-class WorkerTestCrash:
+class WorkerTestCrash(AlwaysRunImageNode):
     """Kills its own ComfyUI process (SIGKILL) after `seconds`, as a driver fault or the OOM killer would."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 0.5})}}
-
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "run"
-    CATEGORY = CATEGORY
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return uuid.uuid4().hex
 
     def run(self, image, seconds):
         time.sleep(seconds)
