@@ -44,3 +44,21 @@ def test_a_pin_to_an_unhealthy_instance_is_a_clear_error(worker, run):
     finally:
         instance.healthy = True
     assert "not healthy" in result["error"] and "without 'gpu'" in result["error"]
+
+
+def test_an_instance_that_fails_at_start_is_reported_with_its_log(comfyui_dir, tmp_path):
+    from conftest import worker_env
+
+    from comfy_worker.pipeline import Worker
+    from comfy_worker.settings import load_settings
+
+    settings = load_settings(worker_env(comfyui_dir, tmp_path, instances=1, COMFY_EXTRA_ARGS="--no-such-flag"))
+    broken = Worker(settings, gpus=[])
+    broken.start()
+    try:
+        assert "exited with code 2 while starting" in broken.startup_error
+        assert "unrecognized arguments: --no-such-flag" in broken.startup_error
+        result = asyncio.run(broken.handle(make_job(invert())))
+        assert result["error"].startswith("the worker failed to start: no ComfyUI instance started")
+    finally:
+        broken.stop()

@@ -82,3 +82,28 @@ def test_undecodable_inputs_are_refused(source, expected):
     with pytest.raises(InvalidInput, match=r"f\.png") as caught:
         decode(source)
     assert expected in str(caught.value)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A real HTTP server on loopback serving tmp_path."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_an_http_input_is_fetched_within_its_size_limit(http_server):
+    folder, url = http_server
+    (folder / "small.png").write_bytes(b"\x89PNG" + b"x" * 100)
+    (folder / "big.png").write_bytes(b"x" * 5000)
+    assert decode(f"{url}/small.png") == b"\x89PNG" + b"x" * 100
+    with pytest.raises(InvalidInput, match=r"over the 0\.001 MB limit"):
+        decode(f"{url}/big.png")
+    with pytest.raises(InvalidInput, match="answered HTTP 404"):
+        decode(f"{url}/missing.png")
