@@ -197,11 +197,11 @@ class Worker:
         launches = instance.launches
         timings: dict[str, Any] = {}
         started = time.monotonic()
+        job_folder = job_folder_name(job_log.job_id)
         try:
             for name, data in inputs:
                 client.upload_input(name, data)
             timings["upload_ms"] = _ms_since(started)
-            job_folder = job_folder_name(job_log.job_id)
             workflow = isolate_outputs(request.workflow, job_folder)
             follower = PromptFollower(client, uuid.uuid4().hex, self.settings.websocket_quiet_s, job_log)
             follower.connect()
@@ -212,10 +212,13 @@ class Worker:
                 execution = follower.follow(prompt_id, request.workflow, deadline, timeout_s, stop, reporter)
             finally:
                 follower.close()
-        except JobCancelled:
-            raise asyncio.CancelledError() from None
-        except InstanceUnavailable as error:
-            raise self._explain_instance_failure(instance, launches, error) from None
+        except BaseException as error:
+            shutil.rmtree(instance.dirs.output / job_folder, ignore_errors=True)  # a failed job's partial outputs
+            if isinstance(error, JobCancelled):
+                raise asyncio.CancelledError() from None
+            if isinstance(error, InstanceUnavailable):
+                raise self._explain_instance_failure(instance, launches, error) from None
+            raise
         finally:
             self._remove_inputs(instance, inputs)
         timings.update(_execution_timings(execution, request.workflow))
