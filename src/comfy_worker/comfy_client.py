@@ -89,9 +89,6 @@ class ComfyClient:
         """Drops the prompt from the instance's in-memory history once the job has been delivered."""
         self._request("POST", "/history", json={"delete": [prompt_id]}, timeout=10)
 
-    def free_memory(self) -> None:
-        self._request("POST", "/free", json={"unload_models": True, "free_memory": True}, timeout=30)
-
     def object_info_choices(self, class_type: str, input_name: str) -> list[str] | None:
         """The allowed values of a node's list input (e.g. the model files a loader can see), if any."""
         try:

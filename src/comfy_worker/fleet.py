@@ -113,9 +113,6 @@ class Fleet:
         finally:
             self._restarting.discard(instance.spec.index)
 
-    def instance(self, index: int) -> ComfyInstance:
-        return self.instances[index]
-
     def stop(self) -> None:
         self._closing.set()
         for instance in self.instances:  # all at once, then wait for each
