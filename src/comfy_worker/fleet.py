@@ -53,8 +53,6 @@ class Fleet:
         self.instances = [ComfyInstance(spec, settings, model_paths) for spec in plan_instances(settings, self.gpus)]
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
-        self._restarting: set[int] = set()
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Starts every instance at once and waits for all. Instances that fail are reported with their log tail;
@@ -91,27 +89,24 @@ class Fleet:
     def _watch(self) -> None:
         while not self._closing.wait(WATCH_INTERVAL_S):
             for instance in self.instances:
-                if instance.stopping or instance.is_alive() or instance.spec.index in self._restarting:
+                # A restarting process is alive; one that failed its restart was stopped by _wait_ready.
+                if instance.pid is None or instance.stopping or instance.is_alive():
                     continue
-                if instance.pid is None:
-                    continue
-                instance.healthy = False
                 log.error("[%s] ComfyUI exited with code %s; last log lines:\n%s",
                           instance.label, instance.exit_code(), instance.log_tail())
-                if self.settings.restart_dead:
-                    self._restarting.add(instance.spec.index)
-                    instance.restarts += 1
-                    log.warning("[%s] restarting ComfyUI (restart %d)", instance.label, instance.restarts)
-                    # Launched from this long-lived thread: a child dies with the thread that started it.
-                    instance.launch()
-                    threading.Thread(target=self._await_restart, args=(instance,), daemon=True).start()
+                if not self.settings.restart_dead:
+                    instance.terminate()  # marks it stopped, so it is reported once
+                    continue
+                instance.healthy = False
+                instance.restarts += 1
+                log.warning("[%s] restarting ComfyUI (restart %d)", instance.label, instance.restarts)
+                # Launched from this long-lived thread: a child dies with the thread that started it.
+                instance.launch()
+                threading.Thread(target=self._await_restart, args=(instance,), daemon=True).start()
 
     def _await_restart(self, instance: ComfyInstance) -> None:
-        try:
-            if self._wait_ready(instance) is None:
-                log.info("[%s] ComfyUI is back", instance.label)
-        finally:
-            self._restarting.discard(instance.spec.index)
+        if self._wait_ready(instance) is None:
+            log.info("[%s] ComfyUI is back", instance.label)
 
     def stop(self) -> None:
         self._closing.set()
