@@ -50,6 +50,10 @@ class ComfyClient:
     def system_stats(self) -> dict[str, Any]:
         return self._json("GET", "/system_stats")
 
+    def apply_tuning(self, switches: dict[str, Any]) -> dict[str, Any]:
+        """Sets the in-process torch switches through our comfy_worker_tuning node; returns what it applied."""
+        return self._json("POST", "/worker/tuning", json=switches)
+
     def upload_input(self, name: str, data: bytes) -> str:
         """Stores a job's input file in the instance's input folder under `name`; returns the stored name."""
         response = self._json(

@@ -12,6 +12,7 @@ from .errors import InstanceUnavailable, WorkerNotReady
 from .gpus import Gpu, detect_gpus
 from .instance import ComfyInstance, InstanceSpec
 from .settings import Settings
+from .tuning import WORKER_NODES_DIR, node_request, plan_launch_tuning
 
 log = logging.getLogger("comfy_worker.fleet")
 
@@ -31,13 +32,12 @@ def plan_instances(settings: Settings, gpus: list[Gpu]) -> list[InstanceSpec]:
     return [InstanceSpec(i, None, settings.base_port + i) for i in range(count)]
 
 
-def write_custom_nodes_config(settings: Settings) -> Path | None:
-    """An extra_model_paths.yaml that adds the configured custom-node folders to every instance."""
-    if not settings.custom_nodes_dirs:
-        return None
+def write_custom_nodes_config(settings: Settings) -> Path:
+    """An extra_model_paths.yaml that adds the worker's own node and the configured custom-node folders to every
+    instance."""
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     path = settings.work_dir / "custom_nodes_paths.yaml"
-    folders = "".join(f"    {folder.resolve()}\n" for folder in settings.custom_nodes_dirs)
+    folders = "".join(f"    {folder.resolve()}\n" for folder in (WORKER_NODES_DIR, *settings.custom_nodes_dirs))
     path.write_text(f"comfy_worker:\n  custom_nodes: |\n{folders}")
     return path
 
@@ -46,11 +46,12 @@ class Fleet:
     def __init__(self, settings: Settings, gpus: list[Gpu] | None = None) -> None:
         self.settings = settings
         self.gpus = detect_gpus() if gpus is None else gpus
-        model_paths = list(settings.extra_model_paths)
-        custom_nodes_config = write_custom_nodes_config(settings)
-        if custom_nodes_config:
-            model_paths.append(custom_nodes_config)
-        self.instances = [ComfyInstance(spec, settings, model_paths) for spec in plan_instances(settings, self.gpus)]
+        model_paths = [*settings.extra_model_paths, write_custom_nodes_config(settings)]
+        specs = plan_instances(settings, self.gpus)
+        tunings = plan_launch_tuning(settings, self.gpus, [spec.gpu for spec in specs])
+        self.instances = [
+            ComfyInstance(spec, settings, model_paths, tuning) for spec, tuning in zip(specs, tunings, strict=True)
+        ]
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
 
@@ -83,8 +84,19 @@ class Fleet:
             log.error("[%s] %s", instance.label, error)
             instance.stop()
             return str(error)
+        self._apply_switches(instance)
         instance.healthy = True
         return None
+
+    def _apply_switches(self, instance: ComfyInstance) -> None:
+        try:
+            instance.switches = instance.client.apply_tuning(node_request(self.settings, instance.spec.gpu is not None))
+        except InstanceUnavailable as error:  # the node failed to load: ComfyUI runs with its own defaults
+            instance.switches = {"error": str(error)}
+            log.error("[%s] the worker's tuning node did not answer; torch switches not applied: %s",
+                      instance.label, error)
+            return
+        log.info("[%s] %s", instance.label, "; ".join(instance.switches.get("applied", [])))
 
     def _watch(self) -> None:
         while not self._closing.wait(WATCH_INTERVAL_S):

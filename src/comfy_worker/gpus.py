@@ -13,6 +13,7 @@ class Gpu:
     index: int
     name: str
     memory_total_mib: int
+    pci_bus_id: str = ""  # NVML's form, e.g. 00000000:18:00.0
 
 
 def detect_gpus() -> list[Gpu]:
@@ -29,7 +30,12 @@ def detect_gpus() -> list[Gpu]:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             name = pynvml.nvmlDeviceGetName(handle)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1 << 20)
-            gpus.append(Gpu(index, name.decode() if isinstance(name, bytes) else name, int(memory)))
+            bus_id = pynvml.nvmlDeviceGetPciInfo(handle).busId
+            gpus.append(Gpu(index, _text(name), int(memory), _text(bus_id)))
         return gpus
     finally:
         pynvml.nvmlShutdown()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

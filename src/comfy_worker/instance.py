@@ -17,11 +17,13 @@ from pathlib import Path
 from .comfy_client import ComfyClient
 from .errors import InstanceUnavailable
 from .settings import Settings
+from .tuning import LaunchTuning
 
 log = logging.getLogger("comfy_worker.instance")
 comfy_log = logging.getLogger("comfy_worker.comfyui")
 
 LOG_TAIL_LINES = 40
+RECENT_LINES = 400  # kept with their numbers, so a job can read the lines logged while it ran
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 STOP_GRACE_S = 10.0
 
@@ -66,7 +68,10 @@ class InstanceDirs:
             folder.mkdir(parents=True, exist_ok=True)
 
 
-def build_command(spec: InstanceSpec, settings: Settings, dirs: InstanceDirs, model_paths: list[Path]) -> list[str]:
+def build_command(
+    spec: InstanceSpec, settings: Settings, dirs: InstanceDirs, model_paths: list[Path],
+    tuning_flags: tuple[str, ...] = (),
+) -> list[str]:
     command = [
         settings.comfy_python, "main.py",
         "--listen", settings.host,
@@ -81,22 +86,31 @@ def build_command(spec: InstanceSpec, settings: Settings, dirs: InstanceDirs, mo
     command += ["--cpu"] if spec.gpu is None else ["--cuda-device", str(spec.gpu)]
     for path in model_paths:
         command += ["--extra-model-paths-config", str(path)]
-    return command + list(settings.extra_args)
+    return command + list(tuning_flags) + list(settings.extra_args)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel kills ComfyUI if the worker dies, so no instance outlives it.
-    Linux ties this to the thread that started the child: launch only from long-lived threads."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def _child_setup(cpus: tuple[int, ...]):
+    def setup() -> None:
+        """Runs in the child before exec: the kernel kills ComfyUI if the worker dies, so no instance outlives it.
+        Linux ties this to the thread that started the child: launch only from long-lived threads."""
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 class ComfyInstance:
-    def __init__(self, spec: InstanceSpec, settings: Settings, model_paths: list[Path]) -> None:
+    def __init__(
+        self, spec: InstanceSpec, settings: Settings, model_paths: list[Path], tuning: LaunchTuning | None = None
+    ) -> None:
         self.spec = spec
+        self.tuning = tuning or LaunchTuning()
+        self.switches: dict = {}  # what the tuning node applied inside the process (GET /worker/tuning)
         self.label = spec.label
         self.settings = settings
         self.dirs = InstanceDirs(settings.work_dir / spec.label)
@@ -108,6 +122,8 @@ class ComfyInstance:
         self.last_exit_code: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self._recent: collections.deque[tuple[int, str]] = collections.deque(maxlen=RECENT_LINES)
+        self.lines_logged = 0
         self._stopping = False
 
     @property
@@ -129,18 +145,24 @@ class ComfyInstance:
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(list(self._tail)[-lines:])
 
+    def lines_since(self, mark: int) -> list[str]:
+        """Log lines logged after `lines_logged` was `mark` (as many as are still kept)."""
+        return [line for number, line in list(self._recent) if number > mark]
+
     def launch(self) -> None:
         if self._process is not None:
             self.last_exit_code = self._process.poll()
         self.launches += 1
         self.dirs.create()
         self._stopping = False
-        command = build_command(self.spec, self.settings, self.dirs, self.model_paths)
-        log.info("[%s] starting ComfyUI on port %d: %s", self.label, self.spec.port, " ".join(command[1:]))
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        command = build_command(self.spec, self.settings, self.dirs, self.model_paths, self.tuning.flags)
+        log.info("[%s] starting ComfyUI on port %d (%s): %s", self.label, self.spec.port, self.tuning.describe(),
+                 " ".join(command[1:]))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.tuning.env)
+        cpus = self.tuning.cpu_set.cpus if self.tuning.cpu_set else ()
         self._process = subprocess.Popen(
             command, cwd=self.settings.comfyui_dir, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_child_setup(cpus),
         )
         threading.Thread(target=self._pump_log, args=(self._process,), name=f"log-{self.label}", daemon=True).start()
 
@@ -150,6 +172,8 @@ class ComfyInstance:
             line = ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace")).rstrip()
             if line:
                 self._tail.append(line)
+                self.lines_logged += 1
+                self._recent.append((self.lines_logged, line))
                 comfy_log.info("[%s] %s", self.label, line)
 
     def wait_ready(self, timeout_s: float) -> None:

@@ -26,10 +26,13 @@ from .input_files import decode_input_file
 from .instance import ComfyInstance
 from .job_input import JobRequest, parse_job_input
 from .logs import JobLog
+from .model_affinity import models_in
 from .outputs import OutputFile, OutputText, find_outputs
 from .progress import ProgressReporter, Sender, runpod_sender
 from .scheduler import Scheduler
 from .settings import Settings
+from .slow_paths import slow_path_warnings
+from .warmup import load_warmup_workflow
 from .workflow_rewrite import isolate_outputs, job_folder_name
 
 log = logging.getLogger("comfy_worker.pipeline")
@@ -71,6 +74,41 @@ class Worker:
         self.scheduler = Scheduler(self.fleet.instances)
         # Each running job holds a thread while it follows its prompt; give every instance room for several.
         self._executor = ThreadPoolExecutor(4 * len(self.fleet.instances) + 4, thread_name_prefix="job")
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Runs WARMUP_WORKFLOW on every healthy instance at once (outside the scheduler: no job can be waiting
+        yet). A failing warm-up is logged with its reason; the worker still serves."""
+        try:
+            workflow = load_warmup_workflow(self.settings.warmup_workflow)
+        except WorkerError as error:
+            log.error("warm-up skipped: %s", error)
+            return
+        if workflow is None or self.fleet is None or self.scheduler is None:
+            return
+        request = parse_job_input({"workflow": workflow})
+        instances = [i for i in self.fleet.instances if i.healthy]
+        started = time.monotonic()
+        with ThreadPoolExecutor(len(instances) or 1) as pool:
+            results = list(pool.map(lambda instance: self._warm_up_one(instance, request), instances))
+        log.info("warm-up ran on %d instance(s) in %.1f s: %s", len(instances), time.monotonic() - started,
+                 ", ".join(results))
+
+    def _warm_up_one(self, instance: ComfyInstance, request: JobRequest) -> str:
+        job_log = JobLog("warmup")
+        job_log.instance = instance.label
+        started = time.monotonic()
+        timeout_s = self.settings.job_timeout_s
+        try:
+            outcome = self._execute(instance, request, [], started + timeout_s, timeout_s, threading.Event(),
+                                    ProgressReporter({}, instance.label, 1e9, None), job_log)
+        except (WorkerError, JobCancelled) as error:
+            job_log.error("warm-up failed: %s", error)
+            return f"{instance.label} failed"
+        self._clean_outputs(instance, outcome)
+        assert self.scheduler is not None
+        self.scheduler.remember_models(instance.spec.index, models_in(request.workflow))
+        return f"{instance.label} {time.monotonic() - started:.1f} s"
 
     def stop(self) -> None:
         if self.fleet is not None:
@@ -117,7 +155,8 @@ class Worker:
         decode_ms = _ms_since(started)
 
         health_wait_s = min(timeout_s, self.settings.start_timeout_s)
-        async with self.scheduler.lease(request.gpu, health_wait_s) as lease:
+        models = models_in(request.workflow)
+        async with self.scheduler.lease(request.gpu, health_wait_s, models) as lease:
             instance = lease.instance
             job_log.instance = instance.label
             job_log.info("running on %s (waited %.0f ms)", instance.label, lease.wait_ms)
@@ -125,6 +164,7 @@ class Worker:
             outcome = await self._run_on_instance(
                 instance, lease.wait_ms, request, inputs, deadline, timeout_s, reporter, job_log
             )
+            self.scheduler.remember_models(instance.spec.index, models)
         warnings += outcome.warnings
 
         try:
@@ -151,6 +191,7 @@ class Worker:
             "gpu": instance.spec.gpu,
             "instance": instance.label,
             "prompt_id": outcome.execution.prompt_id,
+            "tuning": _tuning_report(instance),
             "timings": timings,
             "metrics": self.scheduler.snapshot(),
             "warnings": warnings + delivery.warnings,
@@ -195,6 +236,7 @@ class Worker:
                  job_log) -> RunOutcome:
         client = instance.client
         launches = instance.launches
+        log_mark = instance.lines_logged
         timings: dict[str, Any] = {}
         started = time.monotonic()
         job_folder = job_folder_name(job_log.job_id)
@@ -222,6 +264,10 @@ class Worker:
         finally:
             self._remove_inputs(instance, inputs)
         timings.update(_execution_timings(execution, request.workflow))
+        gpu_mib = self._gpu_memory_mib(instance)
+        warnings = warnings + slow_path_warnings(
+            instance.lines_since(log_mark), request.workflow, gpu_mib, timings["phases_ms"], execution.execution_ms
+        )
         started = time.monotonic()
         files, texts = find_outputs(execution.history.get("outputs") or {}, request.include_previews, job_folder)
         read = []
@@ -233,6 +279,11 @@ class Worker:
         timings["collect_ms"] = _ms_since(started)
         client.forget(execution.prompt_id)
         return RunOutcome(execution, read, texts, warnings, timings, job_folder)
+
+    def _gpu_memory_mib(self, instance: ComfyInstance) -> int | None:
+        if instance.spec.gpu is None or self.fleet is None:
+            return None
+        return next((g.memory_total_mib for g in self.fleet.gpus if g.index == instance.spec.gpu), None)
 
     @staticmethod
     def _explain_instance_failure(
@@ -278,9 +329,50 @@ class Worker:
                 log.info("metrics after %d jobs: %s", self.jobs_done, metrics.log_line())
 
 
+def _tuning_report(instance: ComfyInstance) -> dict[str, Any]:
+    """How the instance that ran the job is tuned: VRAM mode, CPU cores, and the switches its process applied."""
+    tuning = instance.tuning
+    switches = instance.switches
+    return {
+        "vram_mode": tuning.vram.mode if tuning.vram else None,
+        "cpus": tuning.cpu_set.describe() if tuning.cpu_set else None,
+        "flags": list(tuning.flags),
+        "applied": switches.get("applied", []) if "error" not in switches else [switches["error"]],
+        "torch": switches.get("torch", {}),
+        "compiled_models": switches.get("compiled_models", 0),
+    }
+
+
+LOADER_MARKERS = ("Loader", "LoraLoader")
+SAMPLER_MARKERS = ("KSampler", "SamplerCustom", "Sampler")
+
+
+def phase_of(class_type: str, sampling_node: bool) -> str:
+    if sampling_node or any(marker in class_type for marker in SAMPLER_MARKERS):
+        return "sampling_ms"
+    if any(marker in class_type for marker in LOADER_MARKERS):
+        return "model_load_ms"
+    if class_type.startswith("VAEDecode"):
+        return "vae_decode_ms"
+    if class_type.startswith("Save") or class_type.startswith("Preview"):
+        return "save_ms"
+    return "other_nodes_ms"
+
+
+def _phases(execution: Execution, workflow: dict[str, Any]) -> dict[str, float]:
+    """Where the execution time went, from the per-node timings: model load, sampling, VAE decode, saving, rest.
+    ComfyUI moves weights to the GPU inside the sampler, so a first job's sampling includes that upload."""
+    phases = dict.fromkeys(("model_load_ms", "sampling_ms", "vae_decode_ms", "save_ms", "other_nodes_ms"), 0.0)
+    for node, ms in execution.node_ms.items():
+        class_type = str(workflow.get(node, {}).get("class_type", ""))
+        phases[phase_of(class_type, node in execution.sampling)] += ms
+    return {name: round(ms, 1) for name, ms in phases.items()}
+
+
 def _execution_timings(execution: Execution, workflow: dict[str, Any]) -> dict[str, Any]:
     return {
         "execution_ms": execution.execution_ms,
+        "phases_ms": _phases(execution, workflow),
         "nodes_ms": {
             node: {"class_type": workflow.get(node, {}).get("class_type", "?"), "ms": ms}
             for node, ms in execution.node_ms.items()

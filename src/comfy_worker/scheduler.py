@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import InstanceUnavailable, InvalidInput
@@ -24,10 +24,12 @@ class Lease:
     wait_ms: float
 
 
-def least_loaded(loads: Sequence[tuple[int, bool, int]]) -> int | None:
-    """Picks among (index, healthy, load) the healthy instance with the least load; ties go to the lowest index."""
-    candidates = [(load, index) for index, healthy, load in loads if healthy]
-    return min(candidates)[1] if candidates else None
+def least_loaded(loads: Sequence[tuple[int, bool, int]], affinity: Mapping[int, int] | None = None) -> int | None:
+    """Picks among (index, healthy, load) the healthy instance with the least load; among equally loaded ones, the
+    one that already holds most of the job's models (`affinity`: index → models in common), then the lowest index."""
+    affinity = affinity or {}
+    candidates = [(load, -affinity.get(index, 0), index) for index, healthy, load in loads if healthy]
+    return min(candidates)[2] if candidates else None
 
 
 class Scheduler:
@@ -35,12 +37,18 @@ class Scheduler:
         self.instances = list(instances)
         self.metrics = [InstanceMetrics(instance.label) for instance in self.instances]
         self._locks = [asyncio.Lock() for _ in self.instances]
+        self._resident_models: list[frozenset[str]] = [frozenset() for _ in self.instances]
+
+    def remember_models(self, index: int, models: frozenset[str]) -> None:
+        """The models a job just ran on an instance (ComfyUI keeps the last workflow's models loaded)."""
+        if models:
+            self._resident_models[index] = models
 
     def load(self, index: int) -> int:
         metrics = self.metrics[index]
         return metrics.queue_length + metrics.running
 
-    def choose(self, pin: int | None) -> int:
+    def choose(self, pin: int | None, models: frozenset[str] = frozenset()) -> int:
         if pin is not None:
             if pin >= len(self.instances):
                 raise InvalidInput(
@@ -54,27 +62,30 @@ class Scheduler:
                     "send the job without 'gpu' to run it on another instance"
                 )
             return pin
-        chosen = least_loaded([(i, inst.healthy, self.load(i)) for i, inst in enumerate(self.instances)])
+        affinity = {i: len(models & resident) for i, resident in enumerate(self._resident_models)}
+        chosen = least_loaded([(i, inst.healthy, self.load(i)) for i, inst in enumerate(self.instances)], affinity)
         if chosen is None:
             raise InstanceUnavailable("no ComfyUI instance is healthy")
         return chosen
 
-    async def _choose_waiting_for_health(self, pin: int | None, wait_s: float) -> int:
+    async def _choose_waiting_for_health(self, pin: int | None, wait_s: float, models: frozenset[str]) -> int:
         """Without a pin, waits up to `wait_s` for an instance to come back when none is healthy."""
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                return self.choose(pin)
+                return self.choose(pin, models)
             except InstanceUnavailable:
                 if pin is not None or time.monotonic() >= deadline:
                     raise
             await asyncio.sleep(HEALTH_WAIT_POLL_S)
 
     @contextlib.asynccontextmanager
-    async def lease(self, pin: int | None, health_wait_s: float) -> AsyncIterator[Lease]:
+    async def lease(
+        self, pin: int | None, health_wait_s: float, models: frozenset[str] = frozenset()
+    ) -> AsyncIterator[Lease]:
         """Holds the chosen instance for one job; jobs for a busy instance wait in its queue."""
         queued_at = time.monotonic()
-        index = await self._choose_waiting_for_health(pin, health_wait_s)
+        index = await self._choose_waiting_for_health(pin, health_wait_s, models)
         metrics = self.metrics[index]
         metrics.queue_length += 1
         try:

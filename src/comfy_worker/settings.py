@@ -44,6 +44,30 @@ VARIABLES: tuple[Variable, ...] = (
              "Extra custom-node folders (separated by ':') loaded by every instance.", "fleet"),
     Variable("COMFY_START_TIMEOUT_S", "300", "Seconds an instance may take to answer after it starts.", "fleet"),
     Variable("COMFY_RESTART_DEAD", "1", "Restart an instance whose process exits while the worker runs.", "fleet"),
+    # --- GPU performance (defaults are the measured best: docs/benchmarks/README.md) ---
+    Variable("COMFY_VRAM_MODE", "auto",
+             "auto, high, gpu-only, normal, dynamic or low. auto: --highvram where the largest model set on disk fits "
+             "the card, else ComfyUI's dynamic loading.", "performance"),
+    Variable("COMFY_CPU_PINNING", "1",
+             "Pin each GPU instance to its own CPU cores (NUMA node of its GPU, else an even split).", "performance"),
+    Variable("COMFY_WORKER_CPUS", "1", "CPU cores left to the worker process when instances are pinned.",
+             "performance"),
+    Variable("COMFY_THREADS_PER_INSTANCE", "4",
+             "OMP/MKL threads of a pinned instance (at most its core count).", "performance"),
+    Variable("COMFY_CUDA_MALLOC", "native",
+             "native (PyTorch's caching allocator, honours PYTORCH_CUDA_ALLOC_CONF) or async (cudaMallocAsync, "
+             "ComfyUI's default).", "performance"),
+    Variable("GPU_TF32", "1", "TF32 for matmul and cuDNN in every instance.", "performance"),
+    Variable("GPU_CUDNN_BENCHMARK", "0", "torch.backends.cudnn.benchmark in every instance.", "performance"),
+    Variable("TORCH_COMPILE", "off",
+             "Compile every diffusion model on load: off, or a torch.compile backend (inductor).", "performance"),
+    Variable("TORCH_COMPILE_MODE", "", "torch.compile mode (e.g. max-autotune-no-cudagraphs); empty: default.",
+             "performance"),
+    Variable("COMPILE_CACHE_DIR", "/runpod-volume/.cache/torch-compile if a volume is mounted, else <work dir>",
+             "Inductor and Triton caches shared by every instance; on a network volume they survive cold starts.",
+             "performance"),
+    Variable("WARMUP_WORKFLOW", "",
+             "A workflow (a file path or inline JSON, API format) run on every instance at start.", "performance"),
     # --- jobs ---
     Variable("JOB_TIMEOUT_S", "1800", "Default job timeout; a job's `timeout_s` overrides it.", "jobs"),
     Variable("WEBSOCKET_QUIET_S", "2",
@@ -102,6 +126,17 @@ class Settings:
     custom_nodes_dirs: tuple[Path, ...]
     start_timeout_s: float
     restart_dead: bool
+    vram_mode: str
+    cpu_pinning: bool
+    worker_cpus: int
+    threads_per_instance: int
+    cuda_malloc: str
+    tf32: bool
+    cudnn_benchmark: bool
+    torch_compile: str
+    torch_compile_mode: str
+    compile_cache_dir: Path
+    warmup_workflow: str
     job_timeout_s: float
     websocket_quiet_s: float
     max_input_file_bytes: int
@@ -117,6 +152,9 @@ class Settings:
 
 
 OUTPUT_MODES = ("auto", "base64", "s3")
+VRAM_MODES = ("auto", "high", "gpu-only", "normal", "dynamic", "low")
+CUDA_MALLOC_BACKENDS = ("native", "async")
+NETWORK_VOLUME = Path("/runpod-volume")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -156,6 +194,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             return False
         raise SettingsError(f"{name}={text!r} is not a switch: use 1 or 0")
 
+    def choice(name: str, allowed: tuple[str, ...]) -> str:
+        value = raw(name).lower() or allowed[0]
+        if value not in allowed:
+            raise SettingsError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        return value
+
     def paths(name: str) -> tuple[Path, ...]:
         return tuple(Path(p).expanduser() for p in raw(name).split(os.pathsep) if p)
 
@@ -163,12 +207,25 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if output_mode not in OUTPUT_MODES:
         raise SettingsError(f"OUTPUT_MODE={output_mode!r} is not one of {', '.join(OUTPUT_MODES)}")
     num_gpus_text = raw("COMFY_NUM_GPUS")
+    vram_mode = choice("COMFY_VRAM_MODE", VRAM_MODES)
+    cuda_malloc = choice("COMFY_CUDA_MALLOC", CUDA_MALLOC_BACKENDS)
+    work_dir = Path(raw("COMFY_WORK_DIR") or REPO_ROOT / ".work").expanduser()
+    compile_cache = raw("COMPILE_CACHE_DIR")
+    if compile_cache:
+        compile_cache_dir = Path(compile_cache).expanduser()
+    elif NETWORK_VOLUME.is_dir():
+        compile_cache_dir = NETWORK_VOLUME / ".cache" / "torch-compile"
+    else:
+        compile_cache_dir = work_dir / "compile-cache"
+    torch_compile = raw("TORCH_COMPILE").lower() or "off"
+    if torch_compile in ("0", "false", "no", "none"):
+        torch_compile = "off"
     local_output = raw("LOCAL_OUTPUT_DIR")
 
     return Settings(
         comfyui_dir=Path(raw("COMFYUI_DIR") or REPO_ROOT / ".comfyui" / "ComfyUI").expanduser(),
         comfy_python=raw("COMFY_PYTHON") or sys.executable,
-        work_dir=Path(raw("COMFY_WORK_DIR") or REPO_ROOT / ".work").expanduser(),
+        work_dir=work_dir,
         num_gpus=integer("COMFY_NUM_GPUS", 0) if num_gpus_text else None,
         multi_gpu=flag("COMFY_MULTI_GPU_SCHED", True),
         cpu_instances=integer("COMFY_CPU_INSTANCES", 1, minimum=1),
@@ -179,6 +236,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         custom_nodes_dirs=paths("COMFY_CUSTOM_NODES_DIRS"),
         start_timeout_s=number("COMFY_START_TIMEOUT_S", 300, minimum=1),
         restart_dead=flag("COMFY_RESTART_DEAD", True),
+        vram_mode=vram_mode,
+        cpu_pinning=flag("COMFY_CPU_PINNING", True),
+        worker_cpus=integer("COMFY_WORKER_CPUS", 1),
+        threads_per_instance=integer("COMFY_THREADS_PER_INSTANCE", 4, minimum=1),
+        cuda_malloc=cuda_malloc,
+        tf32=flag("GPU_TF32", True),
+        cudnn_benchmark=flag("GPU_CUDNN_BENCHMARK", False),
+        torch_compile=torch_compile,
+        torch_compile_mode=raw("TORCH_COMPILE_MODE"),
+        compile_cache_dir=compile_cache_dir,
+        warmup_workflow=raw("WARMUP_WORKFLOW"),
         job_timeout_s=number("JOB_TIMEOUT_S", 1800, minimum=1),
         websocket_quiet_s=number("WEBSOCKET_QUIET_S", 2, minimum=0.1),
         max_input_file_bytes=int(number("MAX_INPUT_FILE_MB", 50, minimum=0.001) * 1_000_000),

@@ -1,0 +1,90 @@
+"""How each GPU instance is tuned: its CPU cores and threads, its VRAM mode, its allocator, its compile cache, and
+the in-process torch switches our custom node applies. Every default here is the measured best
+(docs/benchmarks/README.md); settings.py documents the switches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cpu_layout import CpuSet, available_cpus, gpu_numa_node, numa_node_cpus, plan_cpu_sets
+from .gpus import Gpu
+from .settings import REPO_ROOT, Settings
+from .vram import MODE_FLAGS, VramChoice, choose_vram_mode, largest_model_set_bytes, model_roots
+
+log = logging.getLogger("comfy_worker.tuning")
+
+WORKER_NODES_DIR = REPO_ROOT / "src" / "comfyui_nodes"  # holds comfy_worker_tuning, loaded by every instance
+
+
+@dataclass(frozen=True)
+class LaunchTuning:
+    """What an instance is started with, beyond its folders and port."""
+
+    flags: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    cpu_set: CpuSet | None = None
+    vram: VramChoice | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.vram:
+            parts.append(f"VRAM mode {self.vram.mode} ({self.vram.reason})")
+        if self.cpu_set:
+            parts.append(self.cpu_set.describe())
+        return "; ".join(parts) or "ComfyUI defaults"
+
+
+def plan_launch_tuning(settings: Settings, gpus: list[Gpu], instance_gpus: list[int | None]) -> list[LaunchTuning]:
+    """One LaunchTuning per instance; CPU instances (tests, CPU-only machines) get none."""
+    by_index = {gpu.index: gpu for gpu in gpus}
+    gpu_instances = [gpu for gpu in instance_gpus if gpu is not None]
+    cpu_sets: list[CpuSet | None] = [None] * len(gpu_instances)
+    if settings.cpu_pinning and gpu_instances:
+        nodes = [gpu_numa_node(by_index[g].pci_bus_id) if g in by_index else None for g in gpu_instances]
+        cpu_sets = list(plan_cpu_sets(available_cpus(), nodes, numa_node_cpus(), settings.worker_cpus,
+                                      settings.threads_per_instance))
+    model_bytes = largest_model_set_bytes(model_roots(settings.comfyui_dir, settings.extra_model_paths)) \
+        if settings.vram_mode == "auto" and gpu_instances else 0
+    vram_flags = {flag for flags in MODE_FLAGS.values() for flag in flags}
+    user_vram_flags = [arg for arg in settings.extra_args if arg in vram_flags]
+    user_malloc_flags = [arg for arg in settings.extra_args if arg in ("--cuda-malloc", "--disable-cuda-malloc")]
+    result = []
+    position = 0
+    for gpu in instance_gpus:
+        if gpu is None:
+            result.append(LaunchTuning())
+            continue
+        card = by_index.get(gpu)
+        if user_vram_flags:  # ComfyUI refuses two VRAM flags: the user's own wins
+            vram = VramChoice("custom", (), f"COMFY_EXTRA_ARGS sets {' '.join(user_vram_flags)}")
+        else:
+            vram = choose_vram_mode(settings.vram_mode, card.memory_total_mib << 20 if card else None, model_bytes)
+        cpu_set = cpu_sets[position] if position < len(cpu_sets) else None
+        position += 1
+        flags = list(vram.flags)
+        if settings.cuda_malloc == "native" and not user_malloc_flags:
+            flags.append("--disable-cuda-malloc")
+        env = {
+            "TORCHINDUCTOR_CACHE_DIR": str(settings.compile_cache_dir / "inductor"),
+            "TRITON_CACHE_DIR": str(settings.compile_cache_dir / "triton"),
+        }
+        if cpu_set:
+            threads = str(cpu_set.threads)
+            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        result.append(LaunchTuning(tuple(flags), env, cpu_set, vram))
+    return result
+
+
+def node_request(settings: Settings, on_gpu: bool) -> dict[str, Any]:
+    """The body POSTed to /worker/tuning once an instance answers."""
+    compile_options = None
+    if on_gpu and settings.torch_compile != "off":
+        compile_options = {"backend": settings.torch_compile, "mode": settings.torch_compile_mode or None}
+    return {"tf32": settings.tf32, "cudnn_benchmark": settings.cudnn_benchmark, "compile": compile_options}
+
+
+def compile_cache_folders(settings: Settings) -> list[Path]:
+    return [settings.compile_cache_dir / "inductor", settings.compile_cache_dir / "triton"]

@@ -1,0 +1,31 @@
+"""The warm-up workflow (WARMUP_WORKFLOW): a file path or inline JSON, run on every instance at start so the first
+job finds its models resident (and, with TORCH_COMPILE, compiled)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInput
+from .job_input import parse_job_input
+
+
+def load_warmup_workflow(value: str) -> dict[str, Any] | None:
+    if not value:
+        return None
+    text = value if value.lstrip().startswith("{") else _read(Path(value).expanduser())
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"WARMUP_WORKFLOW is not valid JSON: {error}") from None
+    # Either a bare workflow or a whole job input ({"workflow": ...}); both go through the job validation.
+    job_input = data if isinstance(data, dict) and "workflow" in data else {"workflow": data}
+    return parse_job_input(job_input).workflow
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as error:
+        raise InvalidInput(f"WARMUP_WORKFLOW names {path}, which cannot be read: {error.strerror}") from None
