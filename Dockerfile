@@ -28,6 +28,6 @@ COPY requirements.txt pyproject.toml ./
 RUN pip install -r requirements.txt
 COPY src ./src
 COPY handler.py start.sh test_input.json ./
-RUN pip install --no-deps .
+RUN pip install --no-deps -e .  # editable: the worker finds src/comfyui_nodes and its defaults beside it
 
 CMD ["/app/start.sh"]

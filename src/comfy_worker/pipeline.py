@@ -59,14 +59,17 @@ class Worker:
         self.startup_error: str | None = None
         self.progress_sender = progress_sender or (runpod_sender if settings.send_progress else None)
         self.jobs_done = 0
+        self.startup_s: dict[str, float] = {}  # instances_ready, warmup: where a cold start's time went
         self._executor: ThreadPoolExecutor | None = None
 
     # --- life cycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Starts the fleet. A failure is kept and returned to every job, so a broken worker says why."""
+        started = time.monotonic()
         try:
             self.fleet = Fleet(self.settings, self._gpus)
             self.fleet.start()
+            self.startup_s["instances_ready"] = round(time.monotonic() - started, 2)
         except WorkerError as error:
             self.startup_error = str(error)
             log.error("the worker could not start: %s", error)
@@ -74,7 +77,9 @@ class Worker:
         self.scheduler = Scheduler(self.fleet.instances)
         # Each running job holds a thread while it follows its prompt; give every instance room for several.
         self._executor = ThreadPoolExecutor(4 * len(self.fleet.instances) + 4, thread_name_prefix="job")
+        started = time.monotonic()
         self.warm_up()
+        self.startup_s["warmup"] = round(time.monotonic() - started, 2)
 
     def warm_up(self) -> None:
         """Runs WARMUP_WORKFLOW on every healthy instance at once (outside the scheduler: no job can be waiting

@@ -57,11 +57,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("COMFY_CUDA_MALLOC", "native",
              "native (PyTorch's caching allocator, honours PYTORCH_CUDA_ALLOC_CONF) or async (cudaMallocAsync, "
              "ComfyUI's default).", "performance"),
-    Variable("GPU_TF32", "1", "TF32 for matmul and cuDNN in every instance.", "performance"),
+    Variable("GPU_TF32", "0",
+             "TF32 for matmul and cuDNN in every instance (no gain measured on the fp16 SDXL benchmark).",
+             "performance"),
     Variable("GPU_CUDNN_BENCHMARK", "0", "torch.backends.cudnn.benchmark in every instance.", "performance"),
-    Variable("TORCH_COMPILE", "off",
-             "Compile every diffusion model on load: off, or a torch.compile backend (inductor).", "performance"),
-    Variable("TORCH_COMPILE_MODE", "", "torch.compile mode (e.g. max-autotune-no-cudagraphs); empty: default.",
+    Variable("TORCH_COMPILE", "auto",
+             "Compile every diffusion model on load: auto (inductor when WARMUP_WORKFLOW is set, so the compile "
+             "happens before the first job), inductor, or off.", "performance"),
+    Variable("TORCH_COMPILE_MODE", "reduce-overhead",
+             "torch.compile mode: reduce-overhead (CUDA graphs; needs COMFY_CUDA_MALLOC=native), or default.",
              "performance"),
     Variable("COMPILE_CACHE_DIR", "/runpod-volume/.cache/torch-compile if a volume is mounted, else <work dir>",
              "Inductor and Triton caches shared by every instance; on a network volume they survive cold starts.",
@@ -217,9 +221,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         compile_cache_dir = NETWORK_VOLUME / ".cache" / "torch-compile"
     else:
         compile_cache_dir = work_dir / "compile-cache"
-    torch_compile = raw("TORCH_COMPILE").lower() or "off"
+    torch_compile = raw("TORCH_COMPILE").lower() or "auto"
     if torch_compile in ("0", "false", "no", "none"):
         torch_compile = "off"
+    if torch_compile == "auto":
+        torch_compile = "inductor" if raw("WARMUP_WORKFLOW") else "off"
+    compile_mode = raw("TORCH_COMPILE_MODE").lower() or "reduce-overhead"
+    if compile_mode == "default":
+        compile_mode = ""
     local_output = raw("LOCAL_OUTPUT_DIR")
 
     return Settings(
@@ -241,10 +250,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_cpus=integer("COMFY_WORKER_CPUS", 1),
         threads_per_instance=integer("COMFY_THREADS_PER_INSTANCE", 4, minimum=1),
         cuda_malloc=cuda_malloc,
-        tf32=flag("GPU_TF32", True),
+        tf32=flag("GPU_TF32", False),
         cudnn_benchmark=flag("GPU_CUDNN_BENCHMARK", False),
         torch_compile=torch_compile,
-        torch_compile_mode=raw("TORCH_COMPILE_MODE"),
+        torch_compile_mode=compile_mode,
         compile_cache_dir=compile_cache_dir,
         warmup_workflow=raw("WARMUP_WORKFLOW"),
         job_timeout_s=number("JOB_TIMEOUT_S", 1800, minimum=1),

@@ -11,12 +11,12 @@ from typing import Any
 
 from .cpu_layout import CpuSet, available_cpus, gpu_numa_node, numa_node_cpus, plan_cpu_sets
 from .gpus import Gpu
-from .settings import REPO_ROOT, Settings
+from .settings import Settings
 from .vram import MODE_FLAGS, VramChoice, choose_vram_mode, largest_model_set_bytes, model_roots
 
 log = logging.getLogger("comfy_worker.tuning")
 
-WORKER_NODES_DIR = REPO_ROOT / "src" / "comfyui_nodes"  # holds comfy_worker_tuning, loaded by every instance
+WORKER_NODES_DIR = Path(__file__).resolve().parents[1] / "comfyui_nodes"  # comfy_worker_tuning, in every instance
 
 
 @dataclass(frozen=True)

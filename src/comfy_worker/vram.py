@@ -84,7 +84,7 @@ def model_roots(comfyui_dir: Path, extra_model_paths: Iterable[Path]) -> list[Pa
             text = config.read_text()
         except OSError:
             continue
-        for match in re.finditer(r"^\s*base_path:\s*['\"]?([^'\"\n#]+?)['\"]?\s*$", text, re.MULTILINE):
+        for match in re.finditer(r"^\s*base_path:\s*['\"]?([^'\"\n#]+?)['\"]?\s*(?:#.*)?$", text, re.MULTILINE):
             base = Path(match.group(1)).expanduser()
             roots.append(base if base.is_absolute() else config.parent / base)
     return roots

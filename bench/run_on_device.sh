@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the benchmark on a GPU machine without network, from the repository root:
+#   bash bench/run_on_device.sh PLAN DEADLINE_S [extra bench.py arguments]
+# It needs, in .device/ (built by bench/prepare_device.sh on a machine with PyPI): comfyui.tar.xz (ComfyUI v0.29.0)
+# and site312.tar.xz (ComfyUI's dependencies missing there, installed for CPython 3.12). Results go to $OUT.
+set -uo pipefail
+plan=${1:?plan: flags or worker}
+deadline=${2:-500}
+shift 2 || true
+started=$(date +%s)
+out=${OUT:-/tmp/bench-out}
+mkdir -p "$out" /tmp/fe
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+echo '<html><body>benchmark</body></html>' >/tmp/fe/index.html
+if [ ! -f /tmp/site/.unpacked ]; then
+  mkdir -p /tmp/site /tmp/comfy
+  tar xJf .device/site312.tar.xz -C /tmp/site && tar xJf .device/comfyui.tar.xz -C /tmp/comfy && touch /tmp/site/.unpacked
+fi
+export PYTHONPATH=/tmp/site:$PWD/src
+{ nvidia-smi; nvidia-smi topo -m; lscpu | grep -E "^(Model name|CPU\(s\)|NUMA)"; free -m; } >"$out/machine.txt" 2>&1
+if [ ! -f /tmp/models/models.json ]; then
+  python3 bench/make_models.py /tmp/comfy /tmp/models --device cuda 2>&1 | grep -v Warning | tail -8
+fi
+cp /tmp/models/models.json "$out/" 2>/dev/null
+if [ -f .device/compile-cache.tar.xz ] && [ ! -d /tmp/bench-work/compile-cache ]; then
+  # a compile cache from an earlier run on the same GPU architecture (as an image build step would bake in)
+  mkdir -p /tmp/bench-work && tar xJf .device/compile-cache.tar.xz -C /tmp/bench-work
+  echo "[run_on_device] compile cache carried in: $(du -sh /tmp/bench-work/compile-cache | cut -f1)"
+fi
+spent=$(( $(date +%s) - started ))
+echo "[run_on_device] set-up took ${spent}s"
+python3 bench/bench.py --plan "$plan" --comfy /tmp/comfy --models /tmp/models --fe /tmp/fe --out "$out" \
+  --deadline $(( deadline - spent )) "$@" 2>&1 | grep -E "PHASE|ERROR|error|skipping|done in|Traceback" | cut -c1-600
+gzip -f "$out/comfyui.log" 2>/dev/null
+echo "[run_on_device] total $(( $(date +%s) - started ))s"
