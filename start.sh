@@ -19,5 +19,17 @@ if [ -n "${CUDA_LAUNCH_BLOCKING:-}" ]; then
   echo "[start] CUDA_LAUNCH_BLOCKING=${CUDA_LAUNCH_BLOCKING} would serialise every kernel launch: unset"
   unset CUDA_LAUNCH_BLOCKING
 fi
+# Custom nodes on the network volume: their requirements go into the one environment ComfyUI runs in (the
+# anchor worker installed them into another). A stamp per requirements file skips unchanged ones on later starts.
+if [ "${VOLUME_NODE_REQUIREMENTS:-1}" = "1" ] && [ -d /runpod-volume/custom_nodes ]; then
+  for requirements in /runpod-volume/custom_nodes/*/requirements.txt; do
+    [ -f "$requirements" ] || continue
+    stamp="/tmp/.node-requirements-$(sha256sum "$requirements" | cut -c1-16)"
+    [ -f "$stamp" ] && continue
+    echo "[start] installing $requirements"
+    if "${PYTHON:-python3}" -m pip install -q -r "$requirements"; then touch "$stamp"
+    else echo "[start] WARNING: $requirements did not install; that custom node may fail to import"; fi
+  done
+fi
 echo "[start] $(nproc) CPUs; GPUs: $(nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null | paste -sd ';' || echo none); PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-}"
 exec "${PYTHON:-python3}" -u handler.py "$@"

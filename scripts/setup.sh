@@ -75,7 +75,7 @@ install_comfyui() {
     die "ComfyUI $COMFYUI_VERSION is needed and could not be fetched from $COMFYUI_GIT_URL.
   Provide its source in one of these ways, then run this again:
     COMFYUI_SRC=/path/to/ComfyUI-$COMFYUI_VERSION (a folder, or a .tar.gz/.tar.xz/.zip archive of it) make test
-    or put that folder or archive at $CACHE_DIR/ComfyUI-$COMFYUI_VERSION[.tar.gz]"
+    or put that folder or archive at ${CACHE_DIR}/ComfyUI-${COMFYUI_VERSION}[.tar.gz]"
   fi
   local got
   got=$(comfyui_version_of "$COMFYUI_DIR")

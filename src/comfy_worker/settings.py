@@ -95,6 +95,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BUCKET_URL_EXPIRY_S", "604800", "Lifetime of the presigned URLs returned (7 days).", "outputs"),
     # --- the process ---
     Variable("LOG_LEVEL", "INFO", "The worker's log level.", "process"),
+    Variable("VOLUME_NODE_REQUIREMENTS", "1",
+             "Read by start.sh: install the requirements.txt of custom nodes on the network volume "
+             "(/runpod-volume/custom_nodes) into the image's one environment before the worker starts.", "process"),
     Variable("RUNPOD_WEBHOOK_POST_OUTPUT", "",
              "Set by RunPod; when absent (local runs) no progress updates are sent.", "process"),
 )

@@ -1,0 +1,73 @@
+"""What the image and the RunPod Hub listing promise, checked against the code and the pinned ComfyUI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from comfy_worker.settings import REPO_ROOT, VARIABLES
+
+VARIABLE_NAMES = {v.name for v in VARIABLES}
+
+
+def pinned_comfyui_version() -> str:
+    return re.search(r"^COMFYUI_VERSION=(\S+)", (REPO_ROOT / "scripts/setup.sh").read_text(), re.MULTILINE)[1]
+
+
+@pytest.mark.comfyui
+def test_the_network_volume_config_maps_every_model_folder_of_the_pinned_comfyui(comfyui_dir):
+    listing = subprocess.run(
+        [sys.executable, "-c", "import folder_paths, json; print(json.dumps(sorted(folder_paths.folder_names_and_paths)))"],
+        cwd=comfyui_dir, capture_output=True, text=True, check=True,
+    )
+    comfy_folders = set(json.loads(listing.stdout.strip().splitlines()[-1])) - {"custom_nodes"}
+    config = yaml.safe_load((REPO_ROOT / "config/network_volume.yaml").read_text())
+    volume = config["runpod_volume"]
+    assert volume["base_path"] == "/runpod-volume/models"
+    assert comfy_folders <= set(volume), f"not mapped: {sorted(comfy_folders - set(volume))}"
+    assert volume["text_encoders"].split() == ["text_encoders", "clip"]
+    assert volume["diffusion_models"].split() == ["diffusion_models", "unet"]
+    assert config["runpod_volume_custom_nodes"] == {"base_path": "/runpod-volume", "custom_nodes": "custom_nodes"}
+
+
+def test_the_hub_listing_offers_only_variables_the_worker_reads_and_several_gpus():
+    hub = json.loads((REPO_ROOT / ".runpod/hub.json").read_text())
+    offered = [item["key"] for item in hub["config"]["env"]]
+    assert set(offered) <= VARIABLE_NAMES, f"the hub offers variables the worker ignores: {set(offered) - VARIABLE_NAMES}"
+    assert hub["config"]["gpuCount"] > 1
+    assert all(item["input"]["description"] for item in hub["config"]["env"])
+    tests = json.loads((REPO_ROOT / ".runpod/tests.json").read_text())
+    test_input = json.loads((REPO_ROOT / "test_input.json").read_text())
+    assert tests["tests"][0]["input"] == test_input["input"]
+
+
+def test_the_image_pins_what_the_setup_script_pins_and_execs_the_worker():
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert f"ARG COMFYUI_VERSION={pinned_comfyui_version()}" in dockerfile
+    cuda = re.search(r"FROM nvidia/cuda:(\d+)\.(\d+)", dockerfile)
+    assert (int(cuda[1]), int(cuda[2])) >= (12, 8), "CUDA 12.8 or newer runs Blackwell cards"
+    assert "COMFY_EXTRA_MODEL_PATHS=/app/config/network_volume.yaml" in dockerfile
+    assert re.search(r'^CMD \["/app/start.sh"\]', dockerfile, re.MULTILINE)
+    assert "python3.12 -m venv /opt/venv" in dockerfile and "PATH=/opt/venv/bin:$PATH" in dockerfile
+    start = (REPO_ROOT / "start.sh").read_text()
+    assert re.search(r"^exec .*handler\.py", start, re.MULTILINE), "start.sh must exec the worker so signals reach it"
+    bake = (REPO_ROOT / "docker-bake.hcl").read_text()
+    assert f'default = "{pinned_comfyui_version()}"' in bake
+
+
+def test_every_variable_start_sh_reads_is_documented():
+    start = (REPO_ROOT / "start.sh").read_text()
+    read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)(?::-[^}]*)?\}", start))
+    external = {"PYTHON", "PYTORCH_CUDA_ALLOC_CONF", "CUDA_LAUNCH_BLOCKING", "BASH_SOURCE"}
+    assert read - external <= VARIABLE_NAMES, f"undocumented: {read - external - VARIABLE_NAMES}"
+
+
+@pytest.mark.parametrize("page", ["configuration", "deployment", "architecture", "customization", "development"])
+def test_the_docs_pages_exist_and_are_linked_from_the_readme(page):
+    assert (REPO_ROOT / "docs" / f"{page}.md").is_file()
+    assert f"docs/{page}.md" in (REPO_ROOT / "README.md").read_text()
