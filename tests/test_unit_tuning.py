@@ -113,6 +113,8 @@ def test_compile_is_on_by_default_only_with_a_warmup():
     assert node_request(load_settings({"TORCH_COMPILE": "off", "WARMUP_WORKFLOW": "{}"}), True)["compile"] is None
     assert node_request(load_settings({"TORCH_COMPILE": "inductor", "TORCH_COMPILE_MODE": "default"}), True)[
         "compile"] == {"backend": "inductor", "mode": None}
+    with_async = load_settings({"TORCH_COMPILE": "inductor", "COMFY_CUDA_MALLOC": "async"})
+    assert node_request(with_async, True)["compile"] == {"backend": "inductor", "mode": None}  # no CUDA graphs
 
 
 def test_slow_paths_are_reported_with_numbers_and_advice():

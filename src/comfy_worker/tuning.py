@@ -82,7 +82,13 @@ def node_request(settings: Settings, on_gpu: bool) -> dict[str, Any]:
     """The body POSTed to /worker/tuning once an instance answers."""
     compile_options = None
     if on_gpu and settings.torch_compile != "off":
-        compile_options = {"backend": settings.torch_compile, "mode": settings.torch_compile_mode or None}
+        mode = settings.torch_compile_mode or None
+        if mode == "reduce-overhead" and settings.cuda_malloc == "async":
+            # CUDA graphs fail under cudaMallocAsync (checkPoolLiveAllocations is unsupported): compile without them
+            log.warning("TORCH_COMPILE_MODE=reduce-overhead needs COMFY_CUDA_MALLOC=native; compiling without "
+                        "CUDA graphs")
+            mode = None
+        compile_options = {"backend": settings.torch_compile, "mode": mode}
     return {"tf32": settings.tf32, "cudnn_benchmark": settings.cudnn_benchmark, "compile": compile_options}
 
 
