@@ -30,6 +30,21 @@ def png_base64(color: tuple[int, int, int], size: int = 8) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+@pytest.mark.parametrize(("image_format", "quality", "pil_format", "suffix"), [
+    ("webp", 90, "WEBP", ".webp"), ("jpeg", 60, "JPEG", ".jpg"), (None, None, "PNG", ".png"),
+])
+def test_images_come_back_in_the_requested_format(worker, run, image_format, quality, pil_format, suffix):
+    fields = {key: value for key, value in (("image_format", image_format), ("image_quality", quality)) if value}
+    result = run(worker.handle(make_job(invert(color=0x204060, size=64), **fields)))
+    assert "error" not in result, result
+    [item] = result["images"]
+    image = decode_image(item)
+    assert image.format == pil_format and image.size == (64, 64)
+    assert item["filename"].endswith(suffix) and item["content_type"] == Image.MIME[pil_format]
+    red, green, blue = image.convert("RGB").getpixel((32, 32))
+    assert abs(red - 0xDF) <= 3 and abs(green - 0xBF) <= 3 and abs(blue - 0x9F) <= 3  # lossy, but the same picture
+
+
 def test_invert_returns_the_inverted_png_in_worker_comfyui_shape(worker, run):
     result = run(worker.handle(make_job(invert(color=0x102030))))
     assert "error" not in result, result

@@ -107,3 +107,17 @@ def test_an_http_input_is_fetched_within_its_size_limit(http_server):
         decode(f"{url}/big.png")
     with pytest.raises(InvalidInput, match="answered HTTP 404"):
         decode(f"{url}/missing.png")
+
+
+def test_image_format_and_quality_are_checked():
+    from comfy_worker.job_input import parse_job_input
+
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+    default = parse_job_input({"workflow": workflow})
+    assert (default.image_format, default.image_quality) == ("png", 90)
+    chosen = parse_job_input({"workflow": workflow, "image_format": "JPG", "image_quality": 55})
+    assert (chosen.image_format, chosen.image_quality) == ("jpeg", 55)
+    with pytest.raises(InvalidInput, match="'image_format' must be one of png, webp, jpeg, not 'gif'"):
+        parse_job_input({"workflow": workflow, "image_format": "gif"})
+    with pytest.raises(InvalidInput, match="'image_quality' must be a whole number from 1 to 100, not 0"):
+        parse_job_input({"workflow": workflow, "image_format": "webp", "image_quality": 0})

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidInput
+from .image_format import parse_image_format
 from .settings import OUTPUT_MODES, S3Config, SettingsError, split_bucket_endpoint
 
 KNOWN_FIELDS = {
     "workflow", "images", "gpu", "timeout_s", "output_mode", "s3", "include_previews", "comfy_org_api_key",
+    "image_format", "image_quality",
 }
 
 
@@ -32,6 +34,8 @@ class JobRequest:
     s3: S3Config | None = None
     include_previews: bool = False
     comfy_org_api_key: str | None = None
+    image_format: str = "png"
+    image_quality: int = 90
     ignored_fields: tuple[str, ...] = ()
 
 
@@ -40,6 +44,7 @@ def parse_job_input(raw: Any) -> JobRequest:
         raise InvalidInput(f"the job input must be a JSON object with a 'workflow', not {_kind(raw)}")
     if "workflow" not in raw:
         raise InvalidInput("the job input has no 'workflow': send the workflow in ComfyUI's API format")
+    image_format, image_quality = parse_image_format(raw.get("image_format"), raw.get("image_quality"))
     return JobRequest(
         workflow=parse_workflow(raw["workflow"]),
         files=_parse_files(raw.get("images")),
@@ -49,6 +54,8 @@ def parse_job_input(raw: Any) -> JobRequest:
         s3=_parse_s3(raw.get("s3")),
         include_previews=_optional_bool(raw, "include_previews"),
         comfy_org_api_key=_optional_str(raw, "comfy_org_api_key"),
+        image_format=image_format,
+        image_quality=image_quality,
         ignored_fields=tuple(sorted(set(raw) - KNOWN_FIELDS)),
     )
 

@@ -22,6 +22,7 @@ from .errors import ExecutionFailed, InstanceUnavailable, WorkerError, WorkerNot
 from .fleet import Fleet
 from .follower import Execution, JobCancelled, PromptFollower
 from .gpus import Gpu
+from .image_format import convert_images
 from .input_files import decode_input_file
 from .instance import ComfyInstance
 from .job_input import JobRequest, parse_job_input
@@ -304,13 +305,16 @@ class Worker:
         )
 
     def _deliver(self, outcome: RunOutcome, request: JobRequest, job_id: str) -> Delivery:
-        return deliver(
-            outcome.files, outcome.texts, job_id=job_id,
+        files, conversion_warnings = convert_images(outcome.files, request.image_format, request.image_quality)
+        delivery = deliver(
+            files, outcome.texts, job_id=job_id,
             requested_mode=request.output_mode or self.settings.output_mode,
             limit_bytes=self.settings.output_inline_limit_bytes,
             bucket=request.s3 or self.settings.s3,
             local_dir=self.settings.local_output_dir,
         )
+        delivery.warnings[:0] = conversion_warnings
+        return delivery
 
     @staticmethod
     def _remove_inputs(instance: ComfyInstance, inputs: list[tuple[str, bytes]]) -> None:
