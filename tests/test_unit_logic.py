@@ -36,6 +36,10 @@ def test_defaults_need_no_environment():
     ({"BUCKET_ENDPOINT_URL": "http://127.0.0.1:9000"}, "BUCKET_ACCESS_KEY_ID"),
     ({"BUCKET_ENDPOINT_URL": "http://127.0.0.1:9000", "BUCKET_ACCESS_KEY_ID": "a",
       "BUCKET_SECRET_ACCESS_KEY": "b"}, "set BUCKET_NAME"),
+    ({"COMFY_VRAM_MODE": "huge"}, "COMFY_VRAM_MODE='huge' is not one of auto, high"),
+    ({"COMFY_CUDA_MALLOC": "jemalloc"}, "COMFY_CUDA_MALLOC='jemalloc' is not one of native, async"),
+    ({"TORCH_COMPILE": "tensorrt"}, "TORCH_COMPILE='tensorrt' is not one of auto, off, inductor"),
+    ({"TORCH_COMPILE_MODE": "fast"}, "TORCH_COMPILE_MODE='fast' is not one of reduce-overhead"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(SettingsError, match=re.escape(message)):

@@ -161,6 +161,8 @@ class Settings:
 
 OUTPUT_MODES = ("auto", "base64", "s3")
 VRAM_MODES = ("auto", "high", "gpu-only", "normal", "dynamic", "low")
+COMPILE_BACKENDS = ("auto", "off", "inductor", "cudagraphs", "aot_eager", "eager")
+COMPILE_MODES = ("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_MALLOC_BACKENDS = ("native", "async")
 NETWORK_VOLUME = Path("/runpod-volume")
 
@@ -228,9 +230,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     torch_compile = raw("TORCH_COMPILE").lower() or "auto"
     if torch_compile in ("0", "false", "no", "none"):
         torch_compile = "off"
+    if torch_compile not in COMPILE_BACKENDS:
+        raise SettingsError(f"TORCH_COMPILE={torch_compile!r} is not one of {', '.join(COMPILE_BACKENDS)}")
     if torch_compile == "auto":
         torch_compile = "inductor" if raw("WARMUP_WORKFLOW") else "off"
-    compile_mode = raw("TORCH_COMPILE_MODE").lower() or "reduce-overhead"
+    compile_mode = choice("TORCH_COMPILE_MODE", COMPILE_MODES)
     if compile_mode == "default":
         compile_mode = ""
     local_output = raw("LOCAL_OUTPUT_DIR")
