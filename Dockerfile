@@ -26,16 +26,17 @@ RUN apt-get update \
  && python3.12 -m venv /opt/venv
 
 WORKDIR /app
-COPY requirements-torch.txt ./
+COPY requirements-torch.txt constraints.txt ./
 RUN pip install --index-url "$TORCH_INDEX" -r requirements-torch.txt
 
-# ComfyUI at its pinned tag; its requirements constrained to our torch pins, into the same environment.
+# ComfyUI at its pinned tag; its requirements held to the versions the tests ran with (constraints.txt) and to
+# our torch pins, in the same environment.
 RUN git clone --depth 1 --branch "$COMFYUI_VERSION" https://github.com/comfyanonymous/ComfyUI "$COMFYUI_DIR" \
- && pip install -r "$COMFYUI_DIR/requirements.txt" -c requirements-torch.txt \
- && pip install "comfy-cli==$COMFY_CLI_VERSION" -c requirements-torch.txt
+ && pip install -r "$COMFYUI_DIR/requirements.txt" -c requirements-torch.txt -c constraints.txt \
+ && pip install "comfy-cli==$COMFY_CLI_VERSION" -c requirements-torch.txt -c constraints.txt
 
 COPY requirements.txt ./
-RUN pip install -r requirements.txt -c requirements-torch.txt
+RUN pip install -r requirements.txt -c requirements-torch.txt -c constraints.txt
 
 COPY pyproject.toml handler.py start.sh test_input.json ./
 COPY config ./config

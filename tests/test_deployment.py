@@ -62,6 +62,19 @@ def test_the_image_pins_what_the_setup_script_pins_and_execs_the_worker():
     assert f'default = "{pinned_comfyui_version()}"' in bake
 
 
+def test_the_image_installs_the_versions_the_tests_ran_with():
+    def pins(path: str) -> dict[str, str]:
+        lines = (REPO_ROOT / path).read_text().splitlines()
+        found = (re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)", line) for line in lines)
+        return {m[1].lower().replace("_", "-"): m[2] for m in found if m}
+
+    locked = pins("constraints.txt")
+    for name, version in pins("requirements.txt").items():
+        assert locked.get(name) == version, f"{name}: requirements.txt {version}, constraints.txt {locked.get(name)}"
+    assert not set(pins("requirements-torch.txt")) & set(locked), "torch is pinned by requirements-torch.txt alone"
+    assert "-c constraints.txt" in (REPO_ROOT / "Dockerfile").read_text()
+
+
 def test_every_variable_start_sh_reads_is_documented():
     start = (REPO_ROOT / "start.sh").read_text()
     read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)(?::-[^}]*)?\}", start))
