@@ -265,7 +265,7 @@ def plots(flags: dict, warm: dict, worker: dict) -> None:
         f["prior_best"]["its_median"],
         f["switch_tf32"]["its_median"],
         f["unpinned"]["its_median"],
-        warm["phases"]["compile_reduce-overhead_warm_cache"]["its_median"],
+        f["compile_reduce-overhead_cold_cache"]["its_median"],
     ]
     figure, axis = plt.subplots(figsize=(8, 3.6))
     bars = axis.bar(names, values, color=["#999"] * 5 + ["#2a7"])
