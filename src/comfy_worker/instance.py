@@ -22,8 +22,7 @@ from .tuning import LaunchTuning
 log = logging.getLogger("comfy_worker.instance")
 comfy_log = logging.getLogger("comfy_worker.comfyui")
 
-LOG_TAIL_LINES = 40
-RECENT_LINES = 400  # kept with their numbers, so a job can read the lines logged while it ran
+RECENT_LINES = 400  # kept with their numbers: the tail for errors, and the lines logged while a job ran
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 STOP_GRACE_S = 10.0
 
@@ -121,7 +120,6 @@ class ComfyInstance:
         self.launches = 0  # tells a job whether the process it started on is still the one running
         self.last_exit_code: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self._recent: collections.deque[tuple[int, str]] = collections.deque(maxlen=RECENT_LINES)
         self.lines_logged = 0
         self._stopping = False
@@ -143,7 +141,7 @@ class ComfyInstance:
         return not self.is_alive()
 
     def log_tail(self, lines: int = 15) -> str:
-        return "\n".join(list(self._tail)[-lines:])
+        return "\n".join(line for _, line in list(self._recent)[-lines:])
 
     def lines_since(self, mark: int) -> list[str]:
         """Log lines logged after `lines_logged` was `mark` (as many as are still kept)."""
@@ -171,7 +169,6 @@ class ComfyInstance:
         for raw in process.stdout:
             line = ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace")).rstrip()
             if line:
-                self._tail.append(line)
                 self.lines_logged += 1
                 self._recent.append((self.lines_logged, line))
                 comfy_log.info("[%s] %s", self.label, line)

@@ -352,14 +352,10 @@ def _tuning_report(instance: ComfyInstance) -> dict[str, Any]:
     }
 
 
-LOADER_MARKERS = ("Loader", "LoraLoader")
-SAMPLER_MARKERS = ("KSampler", "SamplerCustom", "Sampler")
-
-
 def phase_of(class_type: str, sampling_node: bool) -> str:
-    if sampling_node or any(marker in class_type for marker in SAMPLER_MARKERS):
+    if sampling_node or "Sampler" in class_type:
         return "sampling_ms"
-    if any(marker in class_type for marker in LOADER_MARKERS):
+    if "Loader" in class_type:
         return "model_load_ms"
     if class_type.startswith("VAEDecode"):
         return "vae_decode_ms"

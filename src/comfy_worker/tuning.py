@@ -91,6 +91,3 @@ def node_request(settings: Settings, on_gpu: bool) -> dict[str, Any]:
         compile_options = {"backend": settings.torch_compile, "mode": mode}
     return {"tf32": settings.tf32, "cudnn_benchmark": settings.cudnn_benchmark, "compile": compile_options}
 
-
-def compile_cache_folders(settings: Settings) -> list[Path]:
-    return [settings.compile_cache_dir / "inductor", settings.compile_cache_dir / "triton"]

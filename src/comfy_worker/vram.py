@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .model_affinity import MODEL_SUFFIXES
+
 MODE_FLAGS: dict[str, tuple[str, ...]] = {
     "high": ("--highvram",),
     "gpu-only": ("--gpu-only",),
@@ -19,7 +21,6 @@ MODE_FLAGS: dict[str, tuple[str, ...]] = {
     "dynamic": (),
     "low": ("--lowvram",),
 }
-VRAM_MODES = ("auto", *MODE_FLAGS)
 
 GIB = 1 << 30
 ACTIVATION_HEADROOM_BYTES = 4 * GIB  # SDXL at 1024² with CFG peaks at about 3 GiB beyond its weights
@@ -31,7 +32,6 @@ MODEL_GROUPS = {
     "text_encoder": ("text_encoders", "clip"),
     "vae": ("vae",),
 }
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
 
 
 @dataclass(frozen=True)
