@@ -23,7 +23,9 @@ MODE_FLAGS: dict[str, tuple[str, ...]] = {
 }
 
 GIB = 1 << 30
-ACTIVATION_HEADROOM_BYTES = 4 * GIB  # SDXL at 1024² with CFG peaks at about 3 GiB beyond its weights
+# Allowances, not fitted: on the SDXL benchmark (6.5 GiB of files, 1024², CFG) the GPU showed at most 12.9 GiB in
+# use, the caching allocator's reserve included (docs/benchmarks/raw, mem_used_mib_max).
+ACTIVATION_HEADROOM_BYTES = 4 * GIB
 WEIGHT_OVERHEAD = 1.15  # CUDA context, cuBLAS workspaces, fragmentation
 HIGH_WITHOUT_MODELS_MIN_BYTES = 24 * GIB  # no model files at start (models arrive by URL): decide by card size
 
