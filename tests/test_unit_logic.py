@@ -40,6 +40,8 @@ def test_defaults_need_no_environment():
     ({"COMFY_CUDA_MALLOC": "jemalloc"}, "COMFY_CUDA_MALLOC='jemalloc' is not one of native, async"),
     ({"TORCH_COMPILE": "tensorrt"}, "TORCH_COMPILE='tensorrt' is not one of auto, off, inductor"),
     ({"TORCH_COMPILE_MODE": "fast"}, "TORCH_COMPILE_MODE='fast' is not one of reduce-overhead"),
+    ({"COMFY_CACHE": "lru:0"}, "COMFY_CACHE='lru:0' is not one of classic, ram, none or lru:N"),
+    ({"COMFY_CACHE": "forever"}, "COMFY_CACHE='forever' is not one of"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
@@ -85,6 +87,20 @@ def test_each_instance_gets_its_gpu_port_and_own_folders():
                        ("--extra-model-paths-config", "/v/extra.yaml")]:
         assert command[command.index(flag) + 1] == path
     assert command[-3:] == ["--highvram", "--reserve-vram", "1"]
+
+
+@pytest.mark.parametrize(("cache", "extra", "expected"), [
+    ("", "", ["--cache-classic"]),  # ComfyUI's own default keeps every job's outputs until RAM runs short
+    ("ram", "", []),
+    ("none", "", ["--cache-none"]),
+    ("lru:8", "", ["--cache-lru", "8"]),
+    ("classic", "--cache-lru 3", ["--cache-lru", "3"]),  # the user's own cache flag wins: ComfyUI allows one
+])
+def test_cache_flag(cache, extra, expected):
+    settings = load_settings({"COMFY_CACHE": cache, "COMFY_EXTRA_ARGS": extra})
+    command = build_command(InstanceSpec(0, None, 8188), settings, InstanceDirs(Path("/w/cpu0")), [])
+    assert [arg for i, arg in enumerate(command)
+            if arg.startswith("--cache") or command[i - 1] == "--cache-lru"] == expected
 
 
 def test_least_loaded_healthy_instance_wins():

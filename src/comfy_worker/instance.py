@@ -85,7 +85,9 @@ def build_command(
     command += ["--cpu"] if spec.gpu is None else ["--cuda-device", str(spec.gpu)]
     for path in model_paths:
         command += ["--extra-model-paths-config", str(path)]
-    return command + list(tuning_flags) + list(settings.extra_args)
+    user_sets_cache = any(arg.startswith("--cache-") for arg in settings.extra_args)  # ComfyUI allows one
+    cache_flags = [] if user_sets_cache else list(settings.cache_flags)
+    return command + cache_flags + list(tuning_flags) + list(settings.extra_args)
 
 
 def _child_setup(cpus: tuple[int, ...]):

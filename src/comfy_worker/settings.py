@@ -43,6 +43,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("COMFY_CUSTOM_NODES_DIRS", "",
              "Extra custom-node folders (separated by ':') loaded by every instance.", "fleet"),
     Variable("COMFY_START_TIMEOUT_S", "300", "Seconds an instance may take to answer after it starts.", "fleet"),
+    Variable("COMFY_CACHE", "classic",
+             "ComfyUI's node-output cache: classic (the last workflow's outputs only), ram (ComfyUI's own default: "
+             "every workflow's outputs until RAM runs short, measured keeping 12.7 MiB per SDXL 1024² job), none, or "
+             "lru:N.",
+             "fleet"),
     Variable("COMFY_RESTART_DEAD", "1", "Restart an instance whose process exits while the worker runs.", "fleet"),
     # --- GPU performance (defaults are the measured best: docs/benchmarks/README.md) ---
     Variable("COMFY_VRAM_MODE", "auto",
@@ -139,6 +144,7 @@ class Settings:
     worker_cpus: int
     threads_per_instance: int
     cuda_malloc: str
+    cache_flags: tuple[str, ...]
     tf32: bool
     cudnn_benchmark: bool
     torch_compile: str
@@ -164,7 +170,18 @@ VRAM_MODES = ("auto", "high", "gpu-only", "normal", "dynamic", "low")
 COMPILE_BACKENDS = ("auto", "off", "inductor", "cudagraphs", "aot_eager", "eager")
 COMPILE_MODES = ("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_MALLOC_BACKENDS = ("native", "async")
+CACHE_FLAGS = {"classic": ("--cache-classic",), "ram": (), "none": ("--cache-none",)}
 NETWORK_VOLUME = Path("/runpod-volume")
+
+
+def comfy_cache_flags(value: str) -> tuple[str, ...]:
+    """COMFY_CACHE → ComfyUI's cache flag."""
+    if value in CACHE_FLAGS:
+        return CACHE_FLAGS[value]
+    size = value.removeprefix("lru:")
+    if value.startswith("lru:") and size.isdigit() and int(size) > 0:
+        return ("--cache-lru", size)
+    raise SettingsError(f"COMFY_CACHE={value!r} is not one of classic, ram, none or lru:N (N > 0)")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -238,6 +255,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if compile_mode == "default":
         compile_mode = ""
     local_output = raw("LOCAL_OUTPUT_DIR")
+    cache_flags = comfy_cache_flags(raw("COMFY_CACHE").lower() or "classic")
 
     return Settings(
         comfyui_dir=Path(raw("COMFYUI_DIR") or REPO_ROOT / ".comfyui" / "ComfyUI").expanduser(),
@@ -258,6 +276,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_cpus=integer("COMFY_WORKER_CPUS", 1),
         threads_per_instance=integer("COMFY_THREADS_PER_INSTANCE", 4, minimum=1),
         cuda_malloc=cuda_malloc,
+        cache_flags=cache_flags,
         tf32=flag("GPU_TF32", False),
         cudnn_benchmark=flag("GPU_CUDNN_BENCHMARK", False),
         torch_compile=torch_compile,
