@@ -13,11 +13,13 @@ import signal
 import sys
 from typing import Any
 
-import runpod
+from comfy_worker.settings import SettingsError, load_settings, quiet_runpod_sdk
 
-from comfy_worker.logs import configure
-from comfy_worker.pipeline import Worker
-from comfy_worker.settings import SettingsError, load_settings
+quiet_runpod_sdk()
+import runpod  # noqa: E402 - reads RUNPOD_LOG_LEVEL when imported
+
+from comfy_worker.logs import configure  # noqa: E402
+from comfy_worker.pipeline import Worker  # noqa: E402
 
 configuration_error: str | None = None
 worker: Worker | None = None

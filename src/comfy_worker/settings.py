@@ -100,6 +100,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BUCKET_REGION", "", "S3 region (empty: the SDK's default).", "outputs"),
     Variable("BUCKET_URL_EXPIRY_S", "604800", "Lifetime of the presigned URLs returned (7 days).", "outputs"),
     # --- the process ---
+    Variable("RUNPOD_LOG_LEVEL", "INFO",
+             "The RunPod SDK's log level. Its own default, DEBUG, logs every job's whole result, base64 images and "
+             "all.", "process"),
     Variable("LOG_LEVEL", "INFO", "The worker's log level.", "process"),
     Variable("VOLUME_NODE_REQUIREMENTS", "1",
              "Read by start.sh: install the requirements.txt of custom nodes on the network volume "
@@ -172,6 +175,11 @@ COMPILE_MODES = ("reduce-overhead", "default", "max-autotune", "max-autotune-no-
 CUDA_MALLOC_BACKENDS = ("native", "async")
 CACHE_FLAGS = {"classic": ("--cache-classic",), "ram": (), "none": ("--cache-none",)}
 NETWORK_VOLUME = Path("/runpod-volume")
+
+
+def quiet_runpod_sdk() -> None:
+    """Gives the RunPod SDK our RUNPOD_LOG_LEVEL default; call it before `import runpod`, which reads it."""
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
 
 def comfy_cache_flags(value: str) -> tuple[str, ...]:
