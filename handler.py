@@ -55,7 +55,13 @@ def main() -> None:
     atexit.register(_stop)
     if worker is not None:
         worker.start()
-    runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
+    runpod.serverless.start(serverless_config())
+
+
+def serverless_config() -> dict[str, Any]:
+    """RunPod's worker options; REFRESH_WORKER ends the worker after every job."""
+    refresh = worker is not None and worker.settings.refresh_worker
+    return {"handler": handler, "concurrency_modifier": concurrency_modifier, "refresh_worker": refresh}
 
 
 if __name__ == "__main__":

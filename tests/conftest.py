@@ -16,6 +16,7 @@ from comfy_worker.pipeline import Worker
 from comfy_worker.settings import load_settings
 
 TESTS = Path(__file__).resolve().parent
+REPO_ROOT_FOR_TESTS = TESTS.parent
 CUSTOM_NODES = TESTS / "custom_nodes"
 
 

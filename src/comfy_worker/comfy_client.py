@@ -13,10 +13,11 @@ MAX_LISTED_CHOICES = 20
 
 
 class ComfyClient:
-    def __init__(self, base_url: str, label: str, timeout_s: float = 30) -> None:
+    def __init__(self, base_url: str, label: str, timeout_s: float = 30, poll_timeout_s: float = 30) -> None:
         self.base_url = base_url.rstrip("/")
         self.label = label
         self.timeout_s = timeout_s
+        self.poll_timeout_s = poll_timeout_s
         self._session = requests.Session()
 
     @property
@@ -82,12 +83,16 @@ class ComfyClient:
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The finished prompt's history entry, or None while it is queued or running."""
-        return self._json("GET", f"/history/{prompt_id}").get(prompt_id)
+        return self._json("GET", f"/history/{prompt_id}", timeout=self.poll_timeout_s).get(prompt_id)
 
     def cancel(self, prompt_id: str) -> bool:
         """Interrupts the prompt if it runs, removes it if it waits; touches no other prompt."""
-        response = self._request("POST", f"/api/jobs/{prompt_id}/cancel", timeout=10)
+        response = self._request("POST", f"/api/jobs/{prompt_id}/cancel", timeout=min(10, self.poll_timeout_s))
         return response.status_code == 200 and bool(_json_or_empty(response).get("cancelled"))
+
+    def free_memory(self) -> None:
+        """Unloads every model and empties the caches (ComfyUI's /free), as after an out-of-memory error."""
+        self._request("POST", "/free", json={"unload_models": True, "free_memory": True}, timeout=30)
 
     def forget(self, prompt_id: str) -> None:
         """Drops the prompt from the instance's in-memory history once the job has been delivered."""

@@ -6,7 +6,8 @@
      ├── ExecutionFailed        a node raised while the workflow ran
      ├── JobTimedOut            the job ran past its timeout; its instance was interrupted
      ├── JobInterrupted         ComfyUI reports the prompt interrupted by someone else
-     ├── InstanceUnavailable    no healthy ComfyUI to run on, or the instance died during the job
+     ├── InstanceUnavailable    no healthy ComfyUI to run on, or the instance stopped answering
+     │    └── InstanceDied      the instance's process exited during the job (retried once when no output was made)
      ├── DeliveryFailed         outputs could not be returned (too large without a bucket, S3 refused)
      └── WorkerNotReady         the worker failed at start; every job gets the reason
 
@@ -48,6 +49,12 @@ class JobInterrupted(WorkerError):
 
 class InstanceUnavailable(WorkerError):
     pass
+
+
+class InstanceDied(InstanceUnavailable):
+    def __init__(self, message: str, *, outputs_seen: bool) -> None:
+        super().__init__(message)
+        self.outputs_seen = outputs_seen
 
 
 class DeliveryFailed(WorkerError):

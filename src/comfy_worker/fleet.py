@@ -54,6 +54,7 @@ class Fleet:
         ]
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
+        self.start_errors: dict[str, str] = {}  # instance label → why it did not start, with its log tail
 
     def start(self) -> None:
         """Starts every instance at once and waits for all. Instances that fail are reported with their log tail;
@@ -68,6 +69,7 @@ class Fleet:
         with ThreadPoolExecutor(len(self.instances)) as pool:
             failures = list(pool.map(self._wait_ready, self.instances))
         errors = [error for error in failures if error]
+        self.start_errors = {i.label: error for i, error in zip(self.instances, failures, strict=True) if error}
         if len(errors) == len(self.instances):
             self.stop()
             raise WorkerNotReady("no ComfyUI instance started:\n" + "\n".join(errors))

@@ -66,6 +66,7 @@ class PromptFollower:
         self.log = log
         self.ws: websocket.WebSocket | None = None
         self._last_connect_try = 0.0
+        self.outputs_seen = False  # an output node reported outputs: running the job again would repeat them
 
     # --- the socket -------------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -198,6 +199,8 @@ class PromptFollower:
             else:
                 record.last_step, record.last_at, record.total_steps = value, now, total
             on_progress({"node": node, "class_type": _class_of(workflow, node), "step": value, "steps": total})
+        elif kind == "executed" and data.get("output"):
+            self.outputs_seen = True
         elif kind in ("execution_success", "execution_error", "execution_interrupted"):
             return True
         return False

@@ -116,7 +116,8 @@ class ComfyInstance:
         self.settings = settings
         self.dirs = InstanceDirs(settings.work_dir / spec.label)
         self.model_paths = model_paths
-        self.client = ComfyClient(f"http://{settings.host}:{spec.port}", spec.label)
+        self.client = ComfyClient(f"http://{settings.host}:{spec.port}", spec.label,
+                                  poll_timeout_s=settings.hung_instance_s)
         self.healthy = False
         self.restarts = 0
         self.launches = 0  # tells a job whether the process it started on is still the one running
@@ -203,6 +204,12 @@ class ComfyInstance:
         self.healthy = False
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
+
+    def kill_hung(self) -> None:
+        """SIGKILL for a process that stopped answering; the fleet's watcher then restarts it like a crashed one."""
+        self.healthy = False
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM, then SIGKILL after the grace period (ComfyUI does not always exit on SIGTERM)."""

@@ -14,7 +14,7 @@ from .settings import OUTPUT_MODES, S3Config, SettingsError, split_bucket_endpoi
 
 KNOWN_FIELDS = {
     "workflow", "images", "gpu", "timeout_s", "output_mode", "s3", "include_previews", "comfy_org_api_key",
-    "image_format", "image_quality",
+    "image_format", "image_quality", "refresh_worker",
 }
 
 
@@ -36,6 +36,7 @@ class JobRequest:
     comfy_org_api_key: str | None = None
     image_format: str = "png"
     image_quality: int = 90
+    refresh_worker: bool = False
     ignored_fields: tuple[str, ...] = ()
 
 
@@ -54,10 +55,16 @@ def parse_job_input(raw: Any) -> JobRequest:
         s3=_parse_s3(raw.get("s3")),
         include_previews=_optional_bool(raw, "include_previews"),
         comfy_org_api_key=_optional_str(raw, "comfy_org_api_key"),
+        refresh_worker=_optional_bool(raw, "refresh_worker"),
         image_format=image_format,
         image_quality=image_quality,
         ignored_fields=tuple(sorted(set(raw) - KNOWN_FIELDS)),
     )
+
+
+def wants_refresh(raw: Any) -> bool:
+    """`refresh_worker: true` in a job's input, read even when the rest of the input is invalid."""
+    return isinstance(raw, dict) and raw.get("refresh_worker") is True
 
 
 def parse_workflow(workflow: Any) -> dict[str, Any]:

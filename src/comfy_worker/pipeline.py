@@ -18,18 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .delivery import Delivery, deliver
-from .errors import ExecutionFailed, InstanceUnavailable, WorkerError, WorkerNotReady
+from .errors import ExecutionFailed, InstanceDied, InstanceUnavailable, JobTimedOut, WorkerError, WorkerNotReady
 from .fleet import Fleet
 from .follower import Execution, JobCancelled, PromptFollower
 from .gpus import Gpu
 from .image_format import convert_images
 from .input_files import decode_input_file
 from .instance import ComfyInstance
-from .job_input import JobRequest, parse_job_input
+from .job_input import JobRequest, parse_job_input, wants_refresh
 from .logs import JobLog
 from .model_affinity import models_in
 from .outputs import OutputFile, OutputText, find_outputs
 from .progress import ProgressReporter, Sender, runpod_sender
+from .recovery import out_of_memory_error, restart_if_hung, retry_reason
 from .scheduler import Scheduler
 from .settings import Settings
 from .slow_paths import slow_path_warnings
@@ -131,20 +132,24 @@ class Worker:
     async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
         job_id = str(job.get("id") or "local")
         job_log = JobLog(job_id)
+        result: dict[str, Any]
         try:
-            return await self._run(job, job_id, job_log)
+            result = await self._run(job, job_id, job_log)
         except WorkerError as error:
             job_log.error("failed: %s", error)
-            result: dict[str, Any] = {"error": str(error)}
+            result = {"error": str(error)}
             if error.details:
                 result["details"] = error.details
-            return result
         except asyncio.CancelledError:
             job_log.warning("cancelled")
             raise
         except Exception as error:
             job_log.exception("internal error")
-            return {"error": f"internal worker error ({type(error).__name__}: {error}); the worker keeps serving"}
+            result = {"error": f"internal worker error ({type(error).__name__}: {error}); the worker keeps serving"}
+        if self.settings.refresh_worker or wants_refresh(job.get("input")):
+            job_log.info("refresh_worker: RunPod ends this worker after the job")
+            result["refresh_worker"] = True  # the RunPod SDK takes it out of the output and stops the worker
+        return result
 
     async def _run(self, job: dict[str, Any], job_id: str, job_log: JobLog) -> dict[str, Any]:
         received = time.monotonic()
@@ -162,15 +167,28 @@ class Worker:
 
         health_wait_s = min(timeout_s, self.settings.start_timeout_s)
         models = models_in(request.workflow)
-        async with self.scheduler.lease(request.gpu, health_wait_s, models) as lease:
-            instance = lease.instance
-            job_log.instance = instance.label
-            job_log.info("running on %s (waited %.0f ms)", instance.label, lease.wait_ms)
-            reporter = ProgressReporter(job, instance.label, self.settings.progress_interval_s, self.progress_sender)
-            outcome = await self._run_on_instance(
-                instance, lease.wait_ms, request, inputs, deadline, timeout_s, reporter, job_log
-            )
-            self.scheduler.remember_models(instance.spec.index, models)
+        failed_on: set[int] = set()
+        outcome: RunOutcome | None = None
+        while outcome is None:
+            async with self.scheduler.lease(request.gpu, health_wait_s, models, frozenset(failed_on)) as lease:
+                instance = lease.instance
+                job_log.instance = instance.label
+                job_log.info("running on %s (waited %.0f ms)", instance.label, lease.wait_ms)
+                reporter = ProgressReporter(job, instance.label, self.settings.progress_interval_s,
+                                            self.progress_sender)
+                try:
+                    outcome = await self._run_on_instance(
+                        instance, lease.wait_ms, request, inputs, deadline, timeout_s, reporter, job_log
+                    )
+                except WorkerError as error:
+                    retry = await self._recover(instance, error, request, retried=bool(failed_on), job_log=job_log)
+                    if retry is None:
+                        raise
+                    job_log.warning("%s", retry)
+                    warnings.append(retry)
+                    failed_on.add(instance.spec.index)
+                    continue
+                self.scheduler.remember_models(instance.spec.index, models)
         warnings += outcome.warnings
 
         try:
@@ -202,6 +220,32 @@ class Worker:
             "metrics": self.scheduler.snapshot(),
             "warnings": warnings + delivery.warnings,
         }
+
+    async def _recover(self, instance: ComfyInstance, error: WorkerError, request: JobRequest, retried: bool,
+                       job_log: JobLog) -> str | None:
+        """After a failed run: frees memory after OOM, restarts a hung instance; returns why the job runs once more,
+        or None when the (possibly reworded) error stands."""
+        loop = asyncio.get_running_loop()
+        if isinstance(error, JobTimedOut) or (isinstance(error, InstanceUnavailable)
+                                              and not isinstance(error, InstanceDied)):
+            if await loop.run_in_executor(self._executor, restart_if_hung, instance, self.settings.hung_instance_s):
+                raise type(error)(f"{error}. ComfyUI on {instance.label} then stopped answering for "
+                                  f"{self.settings.hung_instance_s:g} s; the worker restarts it") from error
+            return None
+        retry = retry_reason(error, self.settings, instance.label, request.gpu is not None, retried)
+        if isinstance(error, ExecutionFailed) and error.out_of_memory:
+            try:
+                await loop.run_in_executor(self._executor, instance.client.free_memory)
+            except InstanceUnavailable as free_error:
+                job_log.error("could not free memory on %s: %s", instance.label, free_error)
+            if retry is None:
+                raise out_of_memory_error(error, instance.label, self._gpu_of(instance), retried) from error
+        return retry
+
+    def _gpu_of(self, instance: ComfyInstance) -> Gpu | None:
+        if instance.spec.gpu is None or self.fleet is None:
+            return None
+        return next((g for g in self.fleet.gpus if g.index == instance.spec.gpu), None)
 
     def _decode_inputs(self, request: JobRequest) -> list[tuple[str, bytes]]:
         return [
@@ -246,6 +290,7 @@ class Worker:
         timings: dict[str, Any] = {}
         started = time.monotonic()
         job_folder = job_folder_name(job_log.job_id)
+        follower: PromptFollower | None = None
         try:
             for name, data in inputs:
                 client.upload_input(name, data)
@@ -265,7 +310,8 @@ class Worker:
             if isinstance(error, JobCancelled):
                 raise asyncio.CancelledError() from None
             if isinstance(error, InstanceUnavailable):
-                raise self._explain_instance_failure(instance, launches, error) from None
+                outputs_seen = follower.outputs_seen if follower else False
+                raise self._explain_instance_failure(instance, launches, error, outputs_seen) from None
             raise
         finally:
             self._remove_inputs(instance, inputs)
@@ -287,21 +333,21 @@ class Worker:
         return RunOutcome(execution, read, texts, warnings, timings, job_folder)
 
     def _gpu_memory_mib(self, instance: ComfyInstance) -> int | None:
-        if instance.spec.gpu is None or self.fleet is None:
-            return None
-        return next((g.memory_total_mib for g in self.fleet.gpus if g.index == instance.spec.gpu), None)
+        gpu = self._gpu_of(instance)
+        return gpu.memory_total_mib if gpu else None
 
     @staticmethod
     def _explain_instance_failure(
-        instance: ComfyInstance, launches: int, error: InstanceUnavailable
+        instance: ComfyInstance, launches: int, error: InstanceUnavailable, outputs_seen: bool
     ) -> InstanceUnavailable:
         time.sleep(0.5)  # a process that just died may not be reaped yet
         if not instance.died_since(launches):
             return error
         code = instance.exit_code() if instance.launches == launches else instance.last_exit_code
-        return InstanceUnavailable(
+        return InstanceDied(
             f"ComfyUI on {instance.label} died during the job (exit code {code}); the worker restarts it. "
-            f"Its last log lines:\n{instance.log_tail(10)}"
+            f"Its last log lines:\n{instance.log_tail(10)}",
+            outputs_seen=outputs_seen,
         )
 
     def _deliver(self, outcome: RunOutcome, request: JobRequest, job_id: str) -> Delivery:

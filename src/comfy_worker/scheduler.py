@@ -48,7 +48,7 @@ class Scheduler:
         metrics = self.metrics[index]
         return metrics.queue_length + metrics.running
 
-    def choose(self, pin: int | None, models: frozenset[str] = frozenset()) -> int:
+    def choose(self, pin: int | None, models: frozenset[str] = frozenset(), avoid: frozenset[int] = frozenset()) -> int:
         if pin is not None:
             if pin >= len(self.instances):
                 raise InvalidInput(
@@ -63,17 +63,21 @@ class Scheduler:
                 )
             return pin
         affinity = {i: len(models & resident) for i, resident in enumerate(self._resident_models)}
-        chosen = least_loaded([(i, inst.healthy, self.load(i)) for i, inst in enumerate(self.instances)], affinity)
+        loads = [(i, inst.healthy, self.load(i)) for i, inst in enumerate(self.instances)]
+        chosen = least_loaded([row for row in loads if row[0] not in avoid], affinity)
+        if chosen is None:  # nothing else is healthy: back to an avoided one rather than failing
+            chosen = least_loaded(loads, affinity)
         if chosen is None:
             raise InstanceUnavailable("no ComfyUI instance is healthy")
         return chosen
 
-    async def _choose_waiting_for_health(self, pin: int | None, wait_s: float, models: frozenset[str]) -> int:
+    async def _choose_waiting_for_health(self, pin: int | None, wait_s: float, models: frozenset[str],
+                                         avoid: frozenset[int]) -> int:
         """Without a pin, waits up to `wait_s` for an instance to come back when none is healthy."""
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                return self.choose(pin, models)
+                return self.choose(pin, models, avoid)
             except InstanceUnavailable:
                 if pin is not None or time.monotonic() >= deadline:
                     raise
@@ -81,11 +85,13 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, pin: int | None, health_wait_s: float, models: frozenset[str] = frozenset()
+        self, pin: int | None, health_wait_s: float, models: frozenset[str] = frozenset(),
+        avoid: frozenset[int] = frozenset(),
     ) -> AsyncIterator[Lease]:
-        """Holds the chosen instance for one job; jobs for a busy instance wait in its queue."""
+        """Holds the chosen instance for one job; jobs for a busy instance wait in its queue. `avoid`: instances a
+        retried job failed on, taken only when no other is healthy."""
         queued_at = time.monotonic()
-        index = await self._choose_waiting_for_health(pin, health_wait_s, models)
+        index = await self._choose_waiting_for_health(pin, health_wait_s, models, avoid)
         metrics = self.metrics[index]
         metrics.queue_length += 1
         try:

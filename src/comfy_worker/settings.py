@@ -85,6 +85,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAX_INPUT_FILE_MB", "50", "Largest input file (`images` entry) accepted, decoded.", "jobs"),
     Variable("INPUT_URL_TIMEOUT_S", "30", "Time limit for fetching an input given as an http(s) URL.", "jobs"),
     Variable("PROGRESS_INTERVAL_S", "1", "Least time between two progress updates sent to RunPod.", "jobs"),
+    Variable("RETRY_LOST_JOBS", "1",
+             "Run a job once more, on another instance, when its instance died before the job produced any "
+             "output.", "jobs"),
+    Variable("RETRY_OUT_OF_MEMORY", "1",
+             "After CUDA out of memory, free the instance's memory (/free) and run the job once more.",
+             "jobs"),
+    Variable("HUNG_INSTANCE_S", "30",
+             "Seconds a poll of an instance may go unanswered; after a job timed out or lost contact, the "
+             "seconds its instance has to answer again before it is killed and restarted.",
+             "jobs"),
+    Variable("REFRESH_WORKER", "0",
+             "End the worker after every job (RunPod starts a fresh one); a job can ask with `refresh_worker`.",
+             "jobs"),
     Variable("METRICS_LOG_EVERY", "10", "Per-instance metrics are logged after every this many jobs.", "jobs"),
     # --- outputs ---
     Variable("OUTPUT_MODE", "auto",
@@ -160,6 +173,10 @@ class Settings:
     input_url_timeout_s: float
     progress_interval_s: float
     metrics_log_every: int
+    retry_lost_jobs: bool
+    retry_out_of_memory: bool
+    hung_instance_s: float
+    refresh_worker: bool
     output_mode: str
     output_inline_limit_bytes: int
     local_output_dir: Path | None
@@ -297,6 +314,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         input_url_timeout_s=number("INPUT_URL_TIMEOUT_S", 30, minimum=1),
         progress_interval_s=number("PROGRESS_INTERVAL_S", 1),
         metrics_log_every=integer("METRICS_LOG_EVERY", 10, minimum=1),
+        retry_lost_jobs=flag("RETRY_LOST_JOBS", True),
+        retry_out_of_memory=flag("RETRY_OUT_OF_MEMORY", True),
+        hung_instance_s=number("HUNG_INSTANCE_S", 30, minimum=1),
+        refresh_worker=flag("REFRESH_WORKER", False),
         output_mode=output_mode,
         output_inline_limit_bytes=int(number("OUTPUT_INLINE_LIMIT_MB", 10, minimum=0) * 1_000_000),
         local_output_dir=Path(local_output).expanduser() if local_output else None,

@@ -94,9 +94,12 @@ class WorkerTestRaise(AlwaysRunImageNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"image": ("IMAGE",), "message": ("STRING", {"default": "boom"}),
-                             "out_of_memory": ("BOOLEAN", {"default": False})}}
+                             "out_of_memory": ("BOOLEAN", {"default": False})},
+                "optional": {"once_marker": ("STRING", {"default": ""})}}
 
-    def run(self, image, message, out_of_memory):
+    def run(self, image, message, out_of_memory, once_marker=""):
+        if not first_time(once_marker):
+            return (image,)
         if out_of_memory:
             raise torch.OutOfMemoryError(f"CUDA out of memory. {message}")
         raise ValueError(message)
@@ -107,12 +110,39 @@ class WorkerTestCrash(AlwaysRunImageNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 0.5})}}
+        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 0.5})},
+                "optional": {"once_marker": ("STRING", {"default": ""})}}
 
-    def run(self, image, seconds):
+    def run(self, image, seconds, once_marker=""):
+        if not first_time(once_marker):
+            return (image,)
         time.sleep(seconds)
         os.kill(os.getpid(), signal.SIGKILL)
         return (image,)
+
+
+class WorkerTestHang(AlwaysRunImageNode):
+    """Freezes its own ComfyUI process (SIGSTOP): it stops answering without exiting, as a deadlock would."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)}}
+
+    def run(self, image):
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return (image,)
+
+
+def first_time(marker: str) -> bool:
+    """False when `marker` names a file that exists; else creates it (when named) and returns True. Lets a fault
+    happen on the first run only, wherever the job runs next."""
+    if not marker:
+        return True
+    try:
+        with open(marker, "x"):
+            return True
+    except FileExistsError:
+        return False
 
 
 NODE_CLASS_MAPPINGS = {
@@ -121,4 +151,5 @@ NODE_CLASS_MAPPINGS = {
     "WorkerTestSaveGif": WorkerTestSaveGif,
     "WorkerTestRaise": WorkerTestRaise,
     "WorkerTestCrash": WorkerTestCrash,
+    "WorkerTestHang": WorkerTestHang,
 }

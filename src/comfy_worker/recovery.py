@@ -1,0 +1,54 @@
+"""What happens after a job failed on its instance: whether it runs once more (its instance died before any output;
+CUDA ran out of memory and the instance's memory was freed), whether the instance is restarted (it stopped
+answering), and the words the user reads for each."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .errors import ExecutionFailed, InstanceDied, WorkerError
+from .gpus import Gpu
+from .instance import ComfyInstance
+from .settings import Settings
+
+log = logging.getLogger("comfy_worker.recovery")
+
+PROBE_INTERVAL_S = 0.5
+
+
+def retry_reason(error: WorkerError, settings: Settings, label: str, pinned: bool, retried: bool) -> str | None:
+    """The warning a job carries when it runs once more after `error`, or None when it fails with `error`."""
+    if retried:
+        return None
+    if isinstance(error, InstanceDied) and settings.retry_lost_jobs and not error.outputs_seen and not pinned:
+        return (f"ComfyUI on {label} died during the job before it produced any output; the job ran again on "
+                "another instance")
+    if isinstance(error, ExecutionFailed) and error.out_of_memory and settings.retry_out_of_memory:
+        return f"out of memory on {label}: its memory was freed (models unloaded) and the job ran once more"
+    return None
+
+
+def out_of_memory_error(error: ExecutionFailed, label: str, gpu: Gpu | None, retried: bool) -> ExecutionFailed:
+    """The final out-of-memory error, naming the card and its memory."""
+    card = f"{gpu.name}, {gpu.memory_total_mib / 1024:.0f} GiB of VRAM" if gpu else "a CPU instance"
+    again = " even after its memory was freed and the job ran once more" if retried else ""
+    return ExecutionFailed(
+        f"{error} — {label} ({card}) ran out of memory{again}. Lower the resolution, batch size or frame count, "
+        "use a smaller or quantised model, or run on a GPU with more VRAM",
+        out_of_memory=True,
+    )
+
+
+def restart_if_hung(instance: ComfyInstance, seconds: float) -> bool:
+    """Gives a instance that stopped answering `seconds` to answer again; kills it otherwise, so the fleet restarts
+    it. Returns whether it was killed. Blocking: run it off the event loop."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not instance.is_alive() or instance.client.is_ready():
+            return False  # answering again, or dead already and the fleet's watcher has it
+        time.sleep(PROBE_INTERVAL_S)
+    log.error("[%s] ComfyUI has not answered for %g s; killing it so that it restarts. Last log lines:\n%s",
+              instance.label, seconds, instance.log_tail(10))
+    instance.kill_hung()
+    return True
