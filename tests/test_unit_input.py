@@ -91,7 +91,16 @@ def http_server(tmp_path):
     import http.server
     import threading
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # /redirect?to=URL answers 302 to URL; the rest is served from tmp_path
+            if self.path.startswith("/redirect?to="):
+                self.send_response(302)
+                self.send_header("Location", self.path.split("=", 1)[1])
+                self.end_headers()
+                return
+            super().do_GET()
+
+    handler = functools.partial(Handler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
@@ -107,6 +116,17 @@ def test_an_http_input_is_fetched_within_its_size_limit(http_server):
         decode(f"{url}/big.png")
     with pytest.raises(InvalidInput, match="answered HTTP 404"):
         decode(f"{url}/missing.png")
+
+
+def test_a_redirect_is_followed_only_to_another_http_url(http_server):
+    folder, url = http_server
+    (folder / "small.png").write_bytes(b"\x89PNG" + b"x" * 100)
+    assert decode(f"{url}/redirect?to=/small.png") == b"\x89PNG" + b"x" * 100
+    for target in ("file:///etc/passwd", "ftp://127.0.0.1/x.png", "gopher://127.0.0.1/x"):
+        with pytest.raises(InvalidInput, match="which is not fetched: only http"):
+            decode(f"{url}/redirect?to={target}")
+    with pytest.raises(InvalidInput, match="redirects more than 5 times"):
+        decode(f"{url}/redirect?to=/redirect?to=/redirect?to=/redirect?to=/redirect?to=/redirect?to=/small.png")
 
 
 def test_image_format_and_quality_are_checked():

@@ -42,6 +42,8 @@ def test_defaults_need_no_environment():
     ({"TORCH_COMPILE_MODE": "fast"}, "TORCH_COMPILE_MODE='fast' is not one of reduce-overhead"),
     ({"COMFY_CACHE": "lru:0"}, "COMFY_CACHE='lru:0' is not one of classic, ram, none or lru:N"),
     ({"COMFY_CACHE": "forever"}, "COMFY_CACHE='forever' is not one of"),
+    ({"COMFY_HOST": "0.0.0.0"}, "COMFY_HOST='0.0.0.0' is not a loopback address"),
+    ({"COMFY_HOST": "10.1.2.3"}, "COMFY_HOST='10.1.2.3' is not a loopback address"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(SettingsError, match=re.escape(message)):

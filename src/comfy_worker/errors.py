@@ -16,6 +16,9 @@ They become `{"error": "..."}` in exactly one place: the job pipeline's `handle`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 
 class WorkerError(Exception):
     """A job failure whose message is meant for the user."""
@@ -63,3 +66,11 @@ class DeliveryFailed(WorkerError):
 
 class WorkerNotReady(WorkerError):
     pass
+
+
+def strip_host_paths(message: str, roots: Iterable[Path]) -> str:
+    """`message` with the worker's folders cut from its paths: `/work/cpu0/input/a.png` → `cpu0/input/a.png`."""
+    for root in roots:
+        for form in {str(root), str(root.resolve())}:
+            message = message.replace(form.rstrip("/") + "/", "")
+    return message

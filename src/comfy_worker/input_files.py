@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -33,19 +35,40 @@ def decode_input_file(item: InputFile, *, max_bytes: int, url_timeout_s: float) 
     return data
 
 
+MAX_REDIRECTS = 5
+
+
 def _fetch(url: str, where: str, max_bytes: int, timeout_s: float) -> bytes:
+    """GETs `url` within `timeout_s` in all and `max_bytes`; each redirect is followed only to another http(s) URL."""
+    deadline = time.monotonic() + timeout_s
     try:
-        with requests.get(url, stream=True, timeout=timeout_s) as response:
-            if response.status_code != 200:
-                raise InvalidInput(f"{where}: fetching {url} answered HTTP {response.status_code}")
-            chunks, size = [], 0
-            for chunk in response.iter_content(chunk_size=1 << 16):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise InvalidInput(f"{where}: {url} is over the {max_bytes / 1e6:g} MB limit (MAX_INPUT_FILE_MB)")
-                chunks.append(chunk)
+        for _ in range(MAX_REDIRECTS + 1):
+            with requests.get(url, stream=True, timeout=timeout_s, allow_redirects=False) as response:
+                if response.is_redirect:
+                    target = urljoin(url, response.headers.get("location", ""))
+                    if urlsplit(target).scheme.lower() not in ("http", "https"):
+                        raise InvalidInput(f"{where}: {url} redirects to {target.split(':', 1)[0]}:, which is not "
+                                           "fetched: only http(s) URLs are")
+                    url = target
+                    continue
+                if response.status_code != 200:
+                    raise InvalidInput(f"{where}: fetching {url} answered HTTP {response.status_code}")
+                return _read_body(response, url, where, max_bytes, deadline, timeout_s)
     except requests.RequestException as error:
         raise InvalidInput(f"{where}: could not fetch {url}: {type(error).__name__}") from None
+    raise InvalidInput(f"{where}: {url} redirects more than {MAX_REDIRECTS} times")
+
+
+def _read_body(response: requests.Response, url: str, where: str, max_bytes: int, deadline: float,
+               timeout_s: float) -> bytes:
+    chunks, size = [], 0
+    for chunk in response.iter_content(chunk_size=1 << 16):
+        size += len(chunk)
+        if size > max_bytes:
+            raise InvalidInput(f"{where}: {url} is over the {max_bytes / 1e6:g} MB limit (MAX_INPUT_FILE_MB)")
+        if time.monotonic() > deadline:
+            raise InvalidInput(f"{where}: {url} took over {timeout_s:g} s to download (INPUT_URL_TIMEOUT_S)")
+        chunks.append(chunk)
     if not size:
         raise InvalidInput(f"{where}: {url} returned no data")
     return b"".join(chunks)

@@ -10,6 +10,9 @@ from typing import Any
 ROOT = "comfy_worker"
 
 
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
 def configure(level: str) -> None:
     logger = logging.getLogger(ROOT)
     if not any(getattr(h, "_comfy_worker", False) for h in logger.handlers):
@@ -19,6 +22,8 @@ def configure(level: str) -> None:
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False  # `import runpod` configures the root logger too
+    for chatty in QUIET_LIBRARIES:  # at DEBUG they log signed S3 request headers, key ID included
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 class JobLog(logging.LoggerAdapter):

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .delivery import Delivery, deliver
-from .errors import ExecutionFailed, InstanceDied, InstanceUnavailable, JobTimedOut, WorkerError, WorkerNotReady
+from .errors import (
+    ExecutionFailed,
+    InstanceDied,
+    InstanceUnavailable,
+    JobTimedOut,
+    WorkerError,
+    WorkerNotReady,
+    strip_host_paths,
+)
 from .fleet import Fleet
 from .follower import Execution, JobCancelled, PromptFollower
 from .gpus import Gpu
@@ -312,6 +320,8 @@ class Worker:
             if isinstance(error, InstanceUnavailable):
                 outputs_seen = follower.outputs_seen if follower else False
                 raise self._explain_instance_failure(instance, launches, error, outputs_seen) from None
+            if isinstance(error, ExecutionFailed):  # ComfyUI's exception text names files by their host paths
+                error.args = (strip_host_paths(str(error), (self.settings.work_dir, self.settings.comfyui_dir)),)
             raise
         finally:
             self._remove_inputs(instance, inputs)

@@ -6,6 +6,7 @@ table and a test keeps the two in agreement.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import sys
@@ -194,6 +195,18 @@ CACHE_FLAGS = {"classic": ("--cache-classic",), "ram": (), "none": ("--cache-non
 NETWORK_VOLUME = Path("/runpod-volume")
 
 
+def loopback_host(host: str) -> str:
+    """COMFY_HOST, refused unless it is a loopback address: ComfyUI has no authentication."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SettingsError(f"COMFY_HOST={host!r} is not a loopback address: ComfyUI has no authentication, so its "
+                            "instances listen on 127.0.0.1 only")
+    return host
+
+
 def quiet_runpod_sdk() -> None:
     """Gives the RunPod SDK our RUNPOD_LOG_LEVEL default; call it before `import runpod`, which reads it."""
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
@@ -289,7 +302,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         num_gpus=integer("COMFY_NUM_GPUS", 0) if num_gpus_text else None,
         multi_gpu=flag("COMFY_MULTI_GPU_SCHED", True),
         cpu_instances=integer("COMFY_CPU_INSTANCES", 1, minimum=1),
-        host=raw("COMFY_HOST") or "127.0.0.1",
+        host=loopback_host(raw("COMFY_HOST") or "127.0.0.1"),
         base_port=integer("COMFY_BASE_PORT", 8188, minimum=1),
         extra_args=tuple(shlex.split(raw("COMFY_EXTRA_ARGS"))),
         extra_model_paths=paths("COMFY_EXTRA_MODEL_PATHS"),
