@@ -354,6 +354,8 @@ class Worker:
         if not instance.died_since(launches):
             return error
         code = instance.exit_code() if instance.launches == launches else instance.last_exit_code
+        if instance.launches == launches:  # not restarted yet: no job goes to it before the fleet's watcher sees it
+            instance.healthy = False
         return InstanceDied(
             f"ComfyUI on {instance.label} died during the job (exit code {code}); the worker restarts it. "
             f"Its last log lines:\n{instance.log_tail(10)}",

@@ -22,8 +22,8 @@ def retry_reason(error: WorkerError, settings: Settings, label: str, pinned: boo
     if retried:
         return None
     if isinstance(error, InstanceDied) and settings.retry_lost_jobs and not error.outputs_seen and not pinned:
-        return (f"ComfyUI on {label} died during the job before it produced any output; the job ran again on "
-                "another instance")
+        return (f"ComfyUI on {label} died during the job before it produced any output; the job ran once more, "
+                "on another instance where one was healthy")
     if isinstance(error, ExecutionFailed) and error.out_of_memory and settings.retry_out_of_memory:
         return f"out of memory on {label}: its memory was freed (models unloaded) and the job ran once more"
     return None

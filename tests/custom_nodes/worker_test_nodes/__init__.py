@@ -133,6 +133,20 @@ class WorkerTestHang(AlwaysRunImageNode):
         return (image,)
 
 
+class WorkerTestAllocate(AlwaysRunImageNode):
+    """Allocates `gib` GiB on the instance's torch device and lets it go: more than the card has is a real CUDA
+    out-of-memory error."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "gib": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4096.0})}}
+
+    def run(self, image, gib):
+        block = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=comfy.model_management.get_torch_device())
+        del block
+        return (image,)
+
+
 def first_time(marker: str) -> bool:
     """False when `marker` names a file that exists; else creates it (when named) and returns True. Lets a fault
     happen on the first run only, wherever the job runs next."""
@@ -152,4 +166,5 @@ NODE_CLASS_MAPPINGS = {
     "WorkerTestRaise": WorkerTestRaise,
     "WorkerTestCrash": WorkerTestCrash,
     "WorkerTestHang": WorkerTestHang,
+    "WorkerTestAllocate": WorkerTestAllocate,
 }
