@@ -82,7 +82,8 @@ def test_every_variable_start_sh_reads_is_documented():
     assert read - external <= VARIABLE_NAMES, f"undocumented: {read - external - VARIABLE_NAMES}"
 
 
-@pytest.mark.parametrize("page", ["configuration", "deployment", "architecture", "customization", "development"])
+@pytest.mark.parametrize("page", ["configuration", "deployment", "architecture", "customization", "development",
+                                  "reliability"])
 def test_the_docs_pages_exist_and_are_linked_from_the_readme(page):
     assert (REPO_ROOT / "docs" / f"{page}.md").is_file()
     assert f"docs/{page}.md" in (REPO_ROOT / "README.md").read_text()
