@@ -46,7 +46,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("COMFY_START_TIMEOUT_S", "300", "Seconds an instance may take to answer after it starts.", "fleet"),
     Variable("COMFY_CACHE", "classic",
              "ComfyUI's node-output cache: classic (the last workflow's outputs only), ram (ComfyUI's own default: "
-             "every workflow's outputs until RAM runs short, measured keeping 12.7 MiB per SDXL 1024² job), none, or "
+             "every workflow's outputs until RAM runs short, on a 512 GiB host 12.7 MiB per SDXL job), none, or "
              "lru:N.",
              "fleet"),
     Variable("COMFY_RESTART_DEAD", "1", "Restart an instance whose process exits while the worker runs.", "fleet"),
