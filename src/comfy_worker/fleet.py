@@ -43,10 +43,11 @@ def write_custom_nodes_config(settings: Settings) -> Path:
 
 
 class Fleet:
-    def __init__(self, settings: Settings, gpus: list[Gpu] | None = None) -> None:
+    def __init__(self, settings: Settings, gpus: list[Gpu] | None = None, more_model_paths: tuple[Path, ...] = ()
+                 ) -> None:
         self.settings = settings
         self.gpus = detect_gpus() if gpus is None else gpus
-        model_paths = [*settings.extra_model_paths, write_custom_nodes_config(settings)]
+        model_paths = [*settings.extra_model_paths, *more_model_paths, write_custom_nodes_config(settings)]
         specs = plan_instances(settings, self.gpus)
         tunings = plan_launch_tuning(settings, self.gpus, [spec.gpu for spec in specs])
         self.instances = [

@@ -6,15 +6,18 @@ The contract is a superset of worker-comfyui's: `workflow`, `images`, `comfy_org
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .model_urls import ModelRef
 from .image_format import parse_image_format
 from .settings import OUTPUT_MODES, S3Config, SettingsError, split_bucket_endpoint
 
 KNOWN_FIELDS = {
     "workflow", "images", "gpu", "timeout_s", "output_mode", "s3", "include_previews", "comfy_org_api_key",
-    "image_format", "image_quality", "refresh_worker",
+    "image_format", "image_quality", "refresh_worker", "models",
 }
 
 
@@ -37,6 +40,7 @@ class JobRequest:
     image_format: str = "png"
     image_quality: int = 90
     refresh_worker: bool = False
+    models: tuple[ModelRef, ...] = ()
     ignored_fields: tuple[str, ...] = ()
 
 
@@ -46,8 +50,12 @@ def parse_job_input(raw: Any) -> JobRequest:
     if "workflow" not in raw:
         raise InvalidInput("the job input has no 'workflow': send the workflow in ComfyUI's API format")
     image_format, image_quality = parse_image_format(raw.get("image_format"), raw.get("image_quality"))
+    from .model_urls import parse_models, rewrite_workflow_urls  # model_urls uses check_file_name from here
+
+    workflow, url_models = rewrite_workflow_urls(parse_workflow(raw["workflow"]))
     return JobRequest(
-        workflow=parse_workflow(raw["workflow"]),
+        workflow=workflow,
+        models=parse_models(raw.get("models")) + url_models,
         files=_parse_files(raw.get("images")),
         gpu=_optional_int(raw, "gpu", minimum=0),
         timeout_s=_optional_positive(raw, "timeout_s"),

@@ -36,6 +36,7 @@ from .instance import ComfyInstance
 from .job_input import JobRequest, parse_job_input, wants_refresh
 from .logs import JobLog
 from .model_affinity import models_in
+from .model_cache import Credentials, Fetched, ModelCache
 from .outputs import OutputFile, OutputText, find_outputs
 from .progress import ProgressReporter, Sender, runpod_sender
 from .recovery import out_of_memory_error, restart_if_hung, retry_reason
@@ -71,13 +72,17 @@ class Worker:
         self.jobs_done = 0
         self.startup_s: dict[str, float] = {}  # instances_ready, warmup: where a cold start's time went
         self._executor: ThreadPoolExecutor | None = None
+        self.model_cache: ModelCache | None = None
 
     # --- life cycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Starts the fleet. A failure is kept and returned to every job, so a broken worker says why."""
         started = time.monotonic()
         try:
-            self.fleet = Fleet(self.settings, self._gpus)
+            self.model_cache = ModelCache(self.settings.model_cache_dir, self.settings.model_cache_max_bytes,
+                                          self.settings.model_max_file_bytes, self.settings.model_download_timeout_s)
+            cache_paths = self.model_cache.write_extra_model_paths(self.settings.work_dir / "model_cache_paths.yaml")
+            self.fleet = Fleet(self.settings, self._gpus, (cache_paths,))
             self.fleet.start()
             self.startup_s["instances_ready"] = round(time.monotonic() - started, 2)
         except WorkerError as error:
@@ -172,6 +177,29 @@ class Worker:
         started = time.monotonic()
         inputs = await loop.run_in_executor(self._executor, self._decode_inputs, request)
         decode_ms = _ms_since(started)
+        fetched = await self._fetch_models(job, request, job_log)
+        try:
+            return await self._run_holding_models(job, job_log, request, inputs, received, deadline, timeout_s,
+                                                  warnings, decode_ms, fetched)
+        finally:
+            if self.model_cache is not None:
+                self.model_cache.release(fetched.keys)
+
+    async def _fetch_models(self, job: dict[str, Any], request: JobRequest, job_log: JobLog) -> Fetched:
+        """The job's models by URL, in the shared cache before the job takes an instance."""
+        if not request.models or self.model_cache is None:
+            return Fetched((), 0.0, ())
+        reporter = ProgressReporter(job, "download", self.settings.progress_interval_s, self.progress_sender)
+        credentials = Credentials(request.s3 or self.settings.s3, self.settings.hf_token)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.model_cache.fetch, request.models, credentials, reporter, job_log)
+
+    async def _run_holding_models(
+        self, job: dict[str, Any], job_log: JobLog, request: JobRequest, inputs: list[tuple[str, bytes]],
+        received: float, deadline: float, timeout_s: float, warnings: list[str], decode_ms: float, fetched: Fetched,
+    ) -> dict[str, Any]:
+        """Runs the job on an instance once its models are in the cache."""
+        loop = asyncio.get_running_loop()
 
         health_wait_s = min(timeout_s, self.settings.start_timeout_s)
         models = models_in(request.workflow)
@@ -201,7 +229,7 @@ class Worker:
 
         try:
             started = time.monotonic()
-            delivery = await loop.run_in_executor(self._executor, self._deliver, outcome, request, job_id)
+            delivery = await loop.run_in_executor(self._executor, self._deliver, outcome, request, job_log.job_id)
             delivery_ms = _ms_since(started)
         finally:
             await loop.run_in_executor(self._executor, self._clean_outputs, instance, outcome)
@@ -209,6 +237,7 @@ class Worker:
         timings = {
             "queue_wait_ms": round(lease.wait_ms, 1),
             "input_decode_ms": decode_ms,
+            "download_ms": fetched.download_ms,
             **outcome.timings,
             "delivery_ms": delivery_ms,
             "s3_upload_ms": delivery.upload_ms if delivery.mode == "s3" else 0.0,
@@ -226,6 +255,7 @@ class Worker:
             "tuning": _tuning_report(instance),
             "timings": timings,
             "metrics": self.scheduler.snapshot(),
+            "models_downloaded": list(fetched.downloaded),
             "warnings": warnings + delivery.warnings,
         }
 

@@ -100,6 +100,16 @@ VARIABLES: tuple[Variable, ...] = (
              "End the worker after every job (RunPod starts a fresh one); a job can ask with `refresh_worker`.",
              "jobs"),
     Variable("METRICS_LOG_EVERY", "10", "Per-instance metrics are logged after every this many jobs.", "jobs"),
+    # --- models by URL ---
+    Variable("MODEL_CACHE_DIR",
+             "/runpod-volume/.cache/comfy-worker-models if a volume is mounted, else <work dir>/model-cache",
+             "The cache of model files fetched by URL, shared by every instance (and every worker on the volume).",
+             "models"),
+    Variable("MODEL_CACHE_MAX_GB", "100",
+             "The cache's size; least recently used files not in use are evicted past it.", "models"),
+    Variable("MODEL_MAX_FILE_GB", "50", "Largest model file fetched.", "models"),
+    Variable("MODEL_DOWNLOAD_TIMEOUT_S", "3600", "Time limit for downloading one model file.", "models"),
+    Variable("HF_TOKEN", "", "Hugging Face token for hf:// model URLs (gated or private repositories).", "models"),
     # --- outputs ---
     Variable("OUTPUT_MODE", "auto",
              "base64, s3, or auto (base64 unless the response would pass OUTPUT_INLINE_LIMIT_MB).", "outputs"),
@@ -178,6 +188,11 @@ class Settings:
     retry_out_of_memory: bool
     hung_instance_s: float
     refresh_worker: bool
+    model_cache_dir: Path
+    model_cache_max_bytes: int
+    model_max_file_bytes: int
+    model_download_timeout_s: float
+    hf_token: str
     output_mode: str
     output_inline_limit_bytes: int
     local_output_dir: Path | None
@@ -331,6 +346,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retry_out_of_memory=flag("RETRY_OUT_OF_MEMORY", True),
         hung_instance_s=number("HUNG_INSTANCE_S", 30, minimum=1),
         refresh_worker=flag("REFRESH_WORKER", False),
+        model_cache_dir=Path(raw("MODEL_CACHE_DIR")).expanduser() if raw("MODEL_CACHE_DIR") else (
+            NETWORK_VOLUME / ".cache" / "comfy-worker-models" if NETWORK_VOLUME.is_dir() else work_dir / "model-cache"),
+        model_cache_max_bytes=int(number("MODEL_CACHE_MAX_GB", 100, minimum=0.000001) * 1e9),
+        model_max_file_bytes=int(number("MODEL_MAX_FILE_GB", 50, minimum=0.000001) * 1e9),
+        model_download_timeout_s=number("MODEL_DOWNLOAD_TIMEOUT_S", 3600, minimum=1),
+        hf_token=raw("HF_TOKEN"),
         output_mode=output_mode,
         output_inline_limit_bytes=int(number("OUTPUT_INLINE_LIMIT_MB", 10, minimum=0) * 1_000_000),
         local_output_dir=Path(local_output).expanduser() if local_output else None,

@@ -147,6 +147,25 @@ class WorkerTestAllocate(AlwaysRunImageNode):
         return (image,)
 
 
+class WorkerTestLoraDigest:
+    """Reads a file of the loras folder like a loader would and returns its sha256 as a STRING (PreviewAny shows
+    it): a model file found, read and checked, without a real model."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"lora_name": (folder_paths.get_filename_list("loras"),)}}
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+
+    def run(self, lora_name):
+        import hashlib
+
+        with open(folder_paths.get_full_path_or_raise("loras", lora_name), "rb") as file:
+            return (hashlib.sha256(file.read()).hexdigest(),)
+
+
 def first_time(marker: str) -> bool:
     """False when `marker` names a file that exists; else creates it (when named) and returns True. Lets a fault
     happen on the first run only, wherever the job runs next."""
@@ -167,4 +186,5 @@ NODE_CLASS_MAPPINGS = {
     "WorkerTestCrash": WorkerTestCrash,
     "WorkerTestHang": WorkerTestHang,
     "WorkerTestAllocate": WorkerTestAllocate,
+    "WorkerTestLoraDigest": WorkerTestLoraDigest,
 }

@@ -1,0 +1,334 @@
+"""The shared cache of model files fetched by URL, used by every instance of the worker.
+
+    <MODEL_CACHE_DIR>/blobs/<hash of the URL>          the file, complete and checked (downloads land as .part)
+    <MODEL_CACHE_DIR>/blobs/<hash>.json                where it came from; whether credentials were needed
+    <MODEL_CACHE_DIR>/models/<folder>/<name>           a link to the blob, where ComfyUI looks (extra_model_paths)
+
+One download per URL: jobs asking for a URL that is being fetched wait for that download (in this process) or for
+its file lock (another worker on the same network volume). Least recently used blobs are evicted past
+MODEL_CACHE_MAX_GB, never one a running job of this worker uses. A file fetched with credentials is served to a
+later job only after that job's own credentials are checked against the source."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+import requests
+
+from .errors import InvalidInput, WorkerError
+from .model_urls import MODEL_FOLDERS, ModelRef
+from .settings import S3Config
+
+log = logging.getLogger("comfy_worker.models")
+
+CHUNK = 1 << 20
+Progress = Callable[[dict[str, Any]], None]
+
+
+class ModelDownloadFailed(WorkerError):
+    pass
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a job holds while it runs: the blobs it uses, and what fetching them cost."""
+
+    keys: tuple[str, ...]
+    download_ms: float
+    downloaded: tuple[str, ...]  # URLs (without query) this job downloaded itself; the rest came from the cache
+
+
+@dataclass(frozen=True)
+class Credentials:
+    s3: S3Config | None  # the request's bucket credentials, else the worker's
+    hf_token: str
+
+
+class ModelCache:
+    def __init__(self, root: Path, max_bytes: int, max_file_bytes: int, timeout_s: float) -> None:
+        self.root = root
+        self.blobs = root / "blobs"
+        self.models = root / "models"
+        self.max_bytes = max_bytes
+        self.max_file_bytes = max_file_bytes
+        self.timeout_s = timeout_s
+        self.downloads = 0  # files actually downloaded by this process
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Future[None]] = {}
+        self._in_use: Counter[str] = Counter()
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        for folder in MODEL_FOLDERS:
+            (self.models / folder).mkdir(parents=True, exist_ok=True)
+
+    def write_extra_model_paths(self, path: Path) -> Path:
+        """An extra_model_paths.yaml that shows the cached files to ComfyUI."""
+        folders = "".join(f"  {folder}: {folder}\n" for folder in MODEL_FOLDERS)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"comfy_worker_model_cache:\n  base_path: {self.models.resolve()}\n{folders}")
+        return path
+
+    # --- a job's models --------------------------------------------------------------------------------------------
+    def fetch(self, refs: tuple[ModelRef, ...], credentials: Credentials, progress: Progress,
+              job_log: logging.LoggerAdapter) -> Fetched:
+        """Makes every model of a job available under its folder and name; blocking. The caller must `release`."""
+        started = time.monotonic()
+        held: list[str] = []
+        downloaded = []
+        try:
+            for ref in refs:
+                with self._lock:
+                    self._in_use[ref.key] += 1
+                held.append(ref.key)
+                if self._obtain(ref, credentials, progress, job_log):
+                    downloaded.append(ref.shown_url)
+                self._link(ref)
+        except BaseException:
+            self.release(tuple(held))
+            raise
+        self._evict()
+        return Fetched(tuple(held), round((time.monotonic() - started) * 1000, 1), tuple(downloaded))
+
+    def release(self, keys: tuple[str, ...]) -> None:
+        with self._lock:
+            for key in keys:
+                self._in_use[key] -= 1
+                if self._in_use[key] <= 0:
+                    del self._in_use[key]
+
+    # --- one file --------------------------------------------------------------------------------------------------
+    def _obtain(self, ref: ModelRef, credentials: Credentials, progress: Progress,
+                job_log: logging.LoggerAdapter) -> bool:
+        """The blob of `ref`, downloaded by this call (True) or found or awaited (False)."""
+        blob = self.blobs / ref.key
+        with self._lock:
+            pending = self._inflight.get(ref.key)
+            owner = pending is None and not blob.exists()
+            if owner:
+                pending = self._inflight[ref.key] = Future()
+        if owner:
+            assert pending is not None
+            try:
+                downloaded = self._download_locked(ref, credentials, progress, job_log)
+                pending.set_result(None)
+            except BaseException as error:
+                pending.set_exception(error)
+                raise
+            finally:
+                with self._lock:
+                    self._inflight.pop(ref.key, None)
+            if downloaded:
+                return True
+        elif pending is not None:
+            job_log.info("waiting for %s, which another job is downloading", ref.shown_url)
+            with contextlib.suppress(WorkerError):  # that job's download failed: try it with our own credentials
+                pending.result()
+            if not blob.exists():
+                return self._obtain(ref, credentials, progress, job_log)
+        self._check_access(ref, credentials, job_log)
+        os.utime(blob)  # least recently used is by modification time, shared with other workers on the volume
+        return False
+
+    def _download_locked(self, ref: ModelRef, credentials: Credentials, progress: Progress,
+                         job_log: logging.LoggerAdapter) -> bool:
+        """Downloads under a file lock, so that workers sharing the volume fetch a URL once. False when another
+        process finished it while this one waited for the lock."""
+        blob = self.blobs / ref.key
+        with open(self.blobs / f"{ref.key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if blob.exists():
+                    return False
+                job_log.info("downloading %s into the model cache", ref.shown_url)
+                started = time.monotonic()
+                size = self._download(ref, credentials, blob, progress)
+                seconds = time.monotonic() - started
+                job_log.info("downloaded %s: %.1f MB in %.1f s", ref.shown_url, size / 1e6, seconds)
+                with self._lock:
+                    self.downloads += 1
+                return True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _download(self, ref: ModelRef, credentials: Credentials, blob: Path, progress: Progress) -> int:
+        part = blob.with_name(f"{blob.name}.part-{uuid.uuid4().hex[:8]}")
+        digest = hashlib.sha256()
+        written = 0
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            with self._open_source(ref, credentials) as (stream, total, gated), open(part, "wb") as out:
+                if total is not None and total > self.max_file_bytes:
+                    raise self._too_large(ref, total)
+                for chunk in stream:
+                    written += len(chunk)
+                    if written > self.max_file_bytes:
+                        raise self._too_large(ref, written)
+                    if time.monotonic() > deadline:
+                        raise ModelDownloadFailed(f"downloading {ref.shown_url} took over {self.timeout_s:g} s "
+                                                  "(MODEL_DOWNLOAD_TIMEOUT_S)")
+                    digest.update(chunk)
+                    out.write(chunk)
+                    progress({"download": ref.shown_url, "bytes": written, "total": total})
+            if total is not None and written != total:
+                raise ModelDownloadFailed(f"downloading {ref.shown_url} stopped at {written} of {total} bytes")
+            if not written:
+                raise ModelDownloadFailed(f"downloading {ref.shown_url} gave an empty file")
+            if ref.sha256 and digest.hexdigest() != ref.sha256:
+                raise ModelDownloadFailed(f"{ref.shown_url} has sha256 {digest.hexdigest()}, not the {ref.sha256} "
+                                          "the job asked for; the file was not kept")
+            meta = {"url": ref.shown_url, "bytes": written, "sha256": digest.hexdigest(), "gated": gated,
+                    "fetched": time.time()}
+            blob.with_name(f"{blob.name}.json").write_text(json.dumps(meta))
+            os.replace(part, blob)  # complete and checked: only now under its final name
+            return written
+        except requests.RequestException as error:
+            raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: {type(error).__name__}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
+    def _too_large(self, ref: ModelRef, size: int) -> ModelDownloadFailed:
+        return ModelDownloadFailed(f"{ref.shown_url} is {size / 1e9:.2f} GB or more, over the "
+                                   f"{self.max_file_bytes / 1e9:g} GB limit (MODEL_MAX_FILE_GB)")
+
+    @contextlib.contextmanager
+    def _open_source(self, ref: ModelRef, credentials: Credentials) -> Iterator[tuple[Any, int | None, bool]]:
+        """(chunks, size if known, whether credentials were needed) of the URL."""
+        scheme = ref.url.split("://", 1)[0].lower()
+        if scheme == "s3":
+            body, size = s3_object(ref, credentials.s3)
+            with contextlib.closing(body):
+                yield _chunks(body), size, True
+            return
+        url, headers = http_request(ref, credentials)
+        with requests.get(url, headers=headers, stream=True, timeout=(15, 120)) as response:
+            if response.status_code != 200:
+                raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: HTTP {response.status_code}")
+            length = response.headers.get("content-length")
+            yield response.iter_content(CHUNK), int(length) if length and length.isdigit() else None, bool(headers)
+
+    def _check_access(self, ref: ModelRef, credentials: Credentials, job_log: logging.LoggerAdapter) -> None:
+        """A cached file that needed credentials goes only to a job whose own credentials reach its source."""
+        meta_path = self.blobs / f"{ref.key}.json"
+        try:
+            gated = json.loads(meta_path.read_text()).get("gated", True)
+        except (OSError, ValueError):
+            gated = True
+        if not gated:
+            return
+        try:
+            if ref.url.split("://", 1)[0].lower() == "s3":
+                s3_object(ref, credentials.s3, head_only=True)
+                return
+            url, headers = http_request(ref, credentials)
+            answer = requests.get(url, headers={**headers, "Range": "bytes=0-0"}, stream=True, timeout=30)
+            answer.close()
+            if answer.status_code in (200, 206):
+                return
+            status = f"HTTP {answer.status_code}"
+        except ModelDownloadFailed as error:
+            status = str(error)
+        except requests.RequestException as error:
+            status = type(error).__name__
+        job_log.warning("refused the cached %s: this job's credentials do not reach it (%s)", ref.shown_url, status)
+        raise InvalidInput(f"{ref.shown_url} needs credentials that this job does not have ({status}): give them in "
+                           "its 'models' entry ('headers') or in 's3'")
+
+    # --- where ComfyUI finds it ------------------------------------------------------------------------------------
+    def _link(self, ref: ModelRef) -> None:
+        link = self.models / ref.folder / ref.name
+        target = (self.blobs / ref.key).resolve()
+        with self._lock:
+            if link.is_symlink() and Path(os.readlink(link)) != target:
+                other = Path(os.readlink(link)).name
+                if self._in_use.get(other):
+                    raise InvalidInput(f"'{ref.folder}/{ref.name}' is in use by a running job with another URL: "
+                                       "give this model another 'name'")
+            if not (link.is_symlink() and Path(os.readlink(link)) == target):
+                temporary = link.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}")
+                temporary.symlink_to(target)
+                os.replace(temporary, link)
+
+    # --- size ------------------------------------------------------------------------------------------------------
+    def _evict(self) -> None:
+        """Removes the least recently used blobs (and their links) not in use, until the cache fits its limit."""
+        with self._lock:
+            blobs = [p for p in self.blobs.iterdir() if p.is_file() and "." not in p.name]
+            total = sum(p.stat().st_size for p in blobs)
+            if total <= self.max_bytes:
+                return
+            links = [p for p in self.models.rglob("*") if p.is_symlink()]
+            for blob in sorted(blobs, key=lambda p: p.stat().st_mtime):
+                if total <= self.max_bytes:
+                    break
+                if self._in_use.get(blob.name) or blob.name in self._inflight:
+                    continue
+                size = blob.stat().st_size
+                for link in links:
+                    if Path(os.readlink(link)).name == blob.name:
+                        link.unlink(missing_ok=True)
+                blob.unlink(missing_ok=True)
+                blob.with_name(f"{blob.name}.json").unlink(missing_ok=True)
+                total -= size
+                log.info("model cache: evicted %s (%.1f MB) to stay under %.1f GB", blob.name, size / 1e6,
+                         self.max_bytes / 1e9)
+            if total > self.max_bytes:
+                log.warning("model cache holds %.1f GB, over its %.1f GB limit: the rest is in use",
+                            total / 1e9, self.max_bytes / 1e9)
+
+
+def http_request(ref: ModelRef, credentials: Credentials) -> tuple[str, dict[str, str]]:
+    """The https URL and headers for an http(s) or hf:// model."""
+    if ref.url.lower().startswith("hf://"):
+        parts = urlsplit(ref.url)
+        owner, repo_rev, *path = f"{parts.netloc}{parts.path}".split("/")
+        repo, _, revision = repo_rev.partition("@")
+        url = f"https://huggingface.co/{owner}/{repo}/resolve/{revision or 'main'}/{'/'.join(path)}"
+        headers = dict(ref.headers)
+        if credentials.hf_token and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {credentials.hf_token}"
+        return url, headers
+    return ref.url, dict(ref.headers)
+
+
+def s3_object(ref: ModelRef, config: S3Config | None, head_only: bool = False) -> tuple[BinaryIO, int | None]:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if config is None:
+        raise ModelDownloadFailed(f"{ref.shown_url} needs S3 credentials: give 's3' in the job or set BUCKET_*")
+    parts = urlsplit(ref.url)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    client = boto3.client("s3", endpoint_url=config.endpoint_url, aws_access_key_id=config.access_key_id,
+                          aws_secret_access_key=config.secret_access_key, region_name=config.region)
+    try:
+        if head_only:
+            client.head_object(Bucket=bucket, Key=key)
+            return None, None  # type: ignore[return-value]
+        answer = client.get_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: HTTP {status} "
+                                  f"({error.response.get('Error', {}).get('Code')})") from None
+    except BotoCoreError as error:
+        raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: {type(error).__name__}") from None
+    return answer["Body"], answer.get("ContentLength")
+
+
+def _chunks(body: Any) -> Iterator[bytes]:
+    while chunk := body.read(CHUNK):
+        yield chunk
