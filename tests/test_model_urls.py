@@ -129,8 +129,8 @@ def test_concurrent_requests_for_one_url_download_it_once(server, tmp_path):
     server.delay_s = 0.02
     cache = cache_at(tmp_path)
     ref = ModelRef(f"{server.url}/files/shared.safetensors", "loras", "shared.safetensors")
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(cache.fetch((ref,), NO_CREDENTIALS, lambda u: None,
+    results, progress = [], []
+    threads = [threading.Thread(target=lambda: results.append(cache.fetch((ref,), NO_CREDENTIALS, progress.append,
                                                                           job_log))) for _ in range(3)]
     for thread in threads:
         thread.start()
@@ -139,6 +139,7 @@ def test_concurrent_requests_for_one_url_download_it_once(server, tmp_path):
     assert server.gets["/files/shared.safetensors"] == 1 and cache.downloads == 1
     assert sum(len(r.downloaded) for r in results) == 1
     assert (cache.models / "loras" / "shared.safetensors").read_bytes() == data
+    assert progress[-1] == {"download": ref.url, "bytes": 3 * MB, "total": 3 * MB} and len(progress) > 2
 
 
 def test_least_recently_used_files_are_evicted_but_never_one_in_use(server, tmp_path):
