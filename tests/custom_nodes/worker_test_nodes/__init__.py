@@ -129,6 +129,7 @@ class WorkerTestHang(AlwaysRunImageNode):
         return {"required": {"image": ("IMAGE",)}}
 
     def run(self, image):
+        time.sleep(1.0)  # lets the server answer POST /prompt first: the hang comes mid-job, not mid-request
         os.kill(os.getpid(), signal.SIGSTOP)
         return (image,)
 
