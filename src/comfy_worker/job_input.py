@@ -6,13 +6,12 @@ The contract is a superset of worker-comfyui's: `workflow`, `images`, `comfy_org
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import InvalidInput
-
-if TYPE_CHECKING:
-    from .model_urls import ModelRef
+from .file_names import check_file_name
 from .image_format import parse_image_format
+from .model_urls import ModelRef, parse_models, rewrite_workflow_urls
 from .settings import OUTPUT_MODES, S3Config, SettingsError, split_bucket_endpoint
 
 KNOWN_FIELDS = {
@@ -50,8 +49,6 @@ def parse_job_input(raw: Any) -> JobRequest:
     if "workflow" not in raw:
         raise InvalidInput("the job input has no 'workflow': send the workflow in ComfyUI's API format")
     image_format, image_quality = parse_image_format(raw.get("image_format"), raw.get("image_quality"))
-    from .model_urls import parse_models, rewrite_workflow_urls  # model_urls uses check_file_name from here
-
     workflow, url_models = rewrite_workflow_urls(parse_workflow(raw["workflow"]))
     return JobRequest(
         workflow=workflow,
@@ -95,16 +92,6 @@ def parse_workflow(workflow: Any) -> dict[str, Any]:
         if not isinstance(node.get("inputs", {}), dict):
             raise InvalidInput(f"workflow node {node_id!r} ({node['class_type']}): 'inputs' must be an object")
     return workflow
-
-
-def check_file_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidInput(f"{where}: 'name' must be a non-empty file name")
-    if "/" in name or "\\" in name or "\0" in name or name in (".", "..") or len(name) > 255:
-        raise InvalidInput(
-            f"{where}: 'name' {name!r} must be a plain file name (no folders, no '..'), as LoadImage uses it"
-        )
-    return name
 
 
 def _parse_files(images: Any) -> tuple[InputFile, ...]:

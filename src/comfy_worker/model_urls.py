@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import InvalidInput
-from .job_input import check_file_name
+from .file_names import check_file_name
 
 SCHEMES = ("http", "https", "s3", "hf")
 MODEL_FOLDERS = (
