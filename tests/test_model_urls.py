@@ -16,8 +16,8 @@ import boto3
 import pytest
 from conftest import make_job
 
-from comfy_worker.errors import InvalidInput
-from comfy_worker.model_cache import Credentials, ModelCache, ModelDownloadFailed
+from comfy_worker.errors import InvalidInput, ModelDownloadFailed
+from comfy_worker.model_cache import Credentials, ModelCache
 from comfy_worker.model_urls import ModelRef, parse_models, rewrite_workflow_urls
 from comfy_worker.settings import S3Config
 

@@ -8,6 +8,7 @@
      ├── JobInterrupted         ComfyUI reports the prompt interrupted by someone else
      ├── InstanceUnavailable    no healthy ComfyUI to run on, or the instance stopped answering
      │    └── InstanceDied      the instance's process exited during the job (retried once when no output was made)
+     ├── ModelDownloadFailed    a model named by URL could not be fetched (HTTP status, size, sha256, time)
      ├── DeliveryFailed         outputs could not be returned (too large without a bucket, S3 refused)
      └── WorkerNotReady         the worker failed at start; every job gets the reason
 
@@ -58,6 +59,10 @@ class InstanceDied(InstanceUnavailable):
     def __init__(self, message: str, *, outputs_seen: bool) -> None:
         super().__init__(message)
         self.outputs_seen = outputs_seen
+
+
+class ModelDownloadFailed(WorkerError):
+    pass
 
 
 class DeliveryFailed(WorkerError):

@@ -69,12 +69,11 @@ class Fleet:
             instance.launch()
         with ThreadPoolExecutor(len(self.instances)) as pool:
             failures = list(pool.map(self._wait_ready, self.instances))
-        errors = [error for error in failures if error]
         self.start_errors = {i.label: error for i, error in zip(self.instances, failures, strict=True) if error}
-        if len(errors) == len(self.instances):
+        if len(self.start_errors) == len(self.instances):
             self.stop()
-            raise WorkerNotReady("no ComfyUI instance started:\n" + "\n".join(errors))
-        log.info("%d of %d ComfyUI instances ready in %.1f s: %s", len(self.instances) - len(errors),
+            raise WorkerNotReady("no ComfyUI instance started:\n" + "\n".join(self.start_errors.values()))
+        log.info("%d of %d ComfyUI instances ready in %.1f s: %s", len(self.instances) - len(self.start_errors),
                  len(self.instances), time.monotonic() - started,
                  ", ".join(f"{i.label}@{i.spec.port}" for i in self.instances if i.healthy))
         self._watcher = threading.Thread(target=self._watch, name="fleet-watch", daemon=True)

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .errors import InvalidInput, WorkerError
+from .errors import InvalidInput, ModelDownloadFailed, WorkerError
 from .model_urls import MODEL_FOLDERS, ModelRef
 from .settings import S3Config
 
@@ -38,10 +38,6 @@ log = logging.getLogger("comfy_worker.models")
 
 CHUNK = 1 << 20
 Progress = Callable[[dict[str, Any]], None]
-
-
-class ModelDownloadFailed(WorkerError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -253,15 +249,15 @@ class ModelCache:
         link = self.models / ref.folder / ref.name
         target = (self.blobs / ref.key).resolve()
         with self._lock:
-            if link.is_symlink() and Path(os.readlink(link)) != target:
-                other = Path(os.readlink(link)).name
-                if self._in_use.get(other):
-                    raise InvalidInput(f"'{ref.folder}/{ref.name}' is in use by a running job with another URL: "
-                                       "give this model another 'name'")
-            if not (link.is_symlink() and Path(os.readlink(link)) == target):
-                temporary = link.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}")
-                temporary.symlink_to(target)
-                os.replace(temporary, link)
+            current = Path(os.readlink(link)) if link.is_symlink() else None
+            if current == target:
+                return
+            if current is not None and self._in_use.get(current.name):
+                raise InvalidInput(f"'{ref.folder}/{ref.name}' is in use by a running job with another URL: "
+                                   "give this model another 'name'")
+            temporary = link.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}")
+            temporary.symlink_to(target)
+            os.replace(temporary, link)
 
     # --- size ------------------------------------------------------------------------------------------------------
     def _evict(self) -> None:

@@ -44,14 +44,18 @@ class ModelRef:
 
     @property
     def key(self) -> str:
-        """The cache's name for the file: a hash of its URL."""
-        return hashlib.sha256(self.url.encode()).hexdigest()[:40]
+        return url_key(self.url)
 
     @property
     def shown_url(self) -> str:
         """The URL without its query string, which may carry a signature or a token: safe to log and return."""
         parts = urlsplit(self.url)
         return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def url_key(url: str) -> str:
+    """The cache's name for a URL's file: a hash of the URL."""
+    return hashlib.sha256(url.encode()).hexdigest()[:40]
 
 
 def parse_models(raw: Any) -> tuple[ModelRef, ...]:
@@ -115,8 +119,7 @@ def rewrite_workflow_urls(workflow: dict[str, Any]) -> tuple[dict[str, Any], tup
                 continue  # a URL in another kind of input (a prompt, an image loader) is not a model
             where = f"workflow node {node_id} ({node.get('class_type')}) input '{name}'"
             url = check_url(value, where)
-            ref = ModelRef(url, folder, "")
-            ref = ModelRef(url, folder, f"{ref.key[:12]}-{default_name(url)}")
+            ref = ModelRef(url, folder, f"{url_key(url)[:12]}-{default_name(url)}")
             refs.append(ref)
             changed[name] = ref.name
         rewritten[node_id] = {**node, "inputs": changed} if changed != inputs else node

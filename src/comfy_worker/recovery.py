@@ -41,7 +41,7 @@ def out_of_memory_error(error: ExecutionFailed, label: str, gpu: Gpu | None, ret
 
 
 def restart_if_hung(instance: ComfyInstance, seconds: float) -> bool:
-    """Gives a instance that stopped answering `seconds` to answer again; kills it otherwise, so the fleet restarts
+    """Gives an instance that stopped answering `seconds` to answer again; kills it otherwise, so the fleet restarts
     it. Returns whether it was killed. Blocking: run it off the event loop."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
