@@ -15,6 +15,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .delivery import Delivery, deliver
@@ -37,12 +38,15 @@ from .job_input import JobRequest, parse_job_input, wants_refresh
 from .logs import JobLog
 from .model_affinity import models_in
 from .model_cache import Credentials, Fetched, ModelCache
+from .model_files import workflow_model_files
 from .outputs import OutputFile, OutputText, find_outputs
+from .prefetch import Prefetcher
 from .progress import ProgressReporter, Sender, runpod_sender
 from .recovery import out_of_memory_error, restart_if_hung, retry_reason
 from .scheduler import Scheduler
 from .settings import Settings
 from .slow_paths import slow_path_warnings
+from .vram import model_roots
 from .warmup import load_warmup_workflow
 from .workflow_rewrite import isolate_outputs, job_folder_name
 
@@ -73,6 +77,8 @@ class Worker:
         self.startup_s: dict[str, float] = {}  # instances_ready, warmup: where a cold start's time went
         self._executor: ThreadPoolExecutor | None = None
         self.model_cache: ModelCache | None = None
+        self.prefetcher = Prefetcher(settings.prefetch_threads)
+        self.model_roots: list[Path] = []
 
     # --- life cycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -82,6 +88,8 @@ class Worker:
             self.model_cache = ModelCache(self.settings.model_cache_dir, self.settings.model_cache_max_bytes,
                                           self.settings.model_max_file_bytes, self.settings.model_download_timeout_s)
             cache_paths = self.model_cache.write_extra_model_paths(self.settings.work_dir / "model_cache_paths.yaml")
+            self.model_roots = model_roots(self.settings.comfyui_dir, (*self.settings.extra_model_paths, cache_paths))
+            self._read_ahead_warmup()
             self.fleet = Fleet(self.settings, self._gpus, (cache_paths,))
             self.fleet.start()
             self.startup_s["instances_ready"] = round(time.monotonic() - started, 2)
@@ -95,6 +103,18 @@ class Worker:
         started = time.monotonic()
         self.warm_up()
         self.startup_s["warmup"] = round(time.monotonic() - started, 2)
+
+    def _read_ahead_warmup(self) -> None:
+        """The warm-up workflow's model files start loading into the page cache while the instances start."""
+        with contextlib.suppress(WorkerError):  # a broken warm-up workflow is reported by warm_up
+            workflow = load_warmup_workflow(self.settings.warmup_workflow)
+            if workflow is not None:
+                self.read_ahead(workflow, "warmup")
+
+    def read_ahead(self, workflow: dict[str, Any], label: str) -> None:
+        """Starts reading the workflow's model files into the page cache in the background."""
+        files = workflow_model_files(workflow, self.model_roots)
+        self.prefetcher.start([f.path for f in files], label)
 
     def warm_up(self) -> None:
         """Runs WARMUP_WORKFLOW on every healthy instance at once (outside the scheduler: no job can be waiting
@@ -169,6 +189,7 @@ class Worker:
         if self.startup_error or self.scheduler is None:
             raise WorkerNotReady(f"the worker failed to start: {self.startup_error or 'not started'}")
         request = parse_job_input(job.get("input"))
+        self.read_ahead(request.workflow, job_id)
         timeout_s = request.timeout_s or self.settings.job_timeout_s
         deadline = received + timeout_s
         warnings = [f"ignored unknown input field '{name}'" for name in request.ignored_fields]
