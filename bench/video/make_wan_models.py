@@ -1,0 +1,215 @@
+"""Make random-weight Wan 2.1 model files of the real architectures for a ComfyUI benchmark.
+
+usage: python3 bench/video/make_wan_models.py COMFYUI_DIR MODELS_DIR --spm SPIECE.model
+                                  [--wan 1.3b,14b] [--device cuda|cpu] [--tiny] [--skip-existing]
+
+Writes (safetensors, streamed tensor by tensor, so a 14B model never sits whole in host RAM):
+  MODELS_DIR/diffusion_models/wan2.1_t2v_1.3B_fp16_rand.safetensors   dim 1536, 30 layers, ffn 8960, 12 heads
+  MODELS_DIR/diffusion_models/wan2.1_t2v_14B_fp16_rand.safetensors    dim 5120, 40 layers, ffn 13824, 40 heads
+  MODELS_DIR/vae/wan_2.1_vae_rand.safetensors                         Wan 2.1 VAE (dim 96, z 16), bf16
+  MODELS_DIR/text_encoders/umt5_xxl_fp8_e4m3fn_scaled_rand.safetensors
+        umt5-xxl encoder (24 blocks, d_model 4096, d_ff 10240, 64 heads, vocab 256384) in ComfyUI's
+        "scaled fp8" layout (the public umt5_xxl_fp8_e4m3fn_scaled file's): every Linear weight float8_e4m3fn with
+        a float32 `.scale_weight`, a `scaled_fp8` marker, embeddings and norms bf16, and `spiece_model` (the bytes
+        of a SentencePiece model: ComfyUI's UMT5 tokenizer reads its vocabulary from that tensor).
+Key names and shapes are read from ComfyUI's own classes (comfy.ldm.wan.model.WanModel, comfy.ldm.wan.vae.WanVAE,
+comfy.text_encoders.t5.T5 with umt5_config_xxl.json), built on the meta device; the values are generated directly
+on the GPU: matrices ~ N(0, 0.02), norm weights / RMS gammas 1, biases 0.
+--tiny (CPU dry runs only): a Wan of dim 256, 2 layers (still detected as Wan 2.1 T2V).
+"""
+import argparse
+import json
+import math
+import os
+import struct
+import sys
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("comfy")
+ap.add_argument("models")
+ap.add_argument("--spm", required=True, help="a SentencePiece .model file (pad 0, eos 1, unk 2)")
+ap.add_argument("--wan", default="1.3b")
+ap.add_argument("--device", default="cuda")
+ap.add_argument("--tiny", action="store_true")
+ap.add_argument("--skip-existing", action="store_true")
+ap.add_argument("--no-te", action="store_true")
+A = ap.parse_args()
+sys.path.insert(0, A.comfy)
+
+import torch  # noqa: E402
+
+dev = torch.device(A.device if (A.device != "cuda" or torch.cuda.is_available()) else "cpu")
+gen = torch.Generator(device=dev).manual_seed(1234)
+INFO = {"device": str(dev), "files": {}}
+ST_DTYPE = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float8_e4m3fn: "F8_E4M3",
+            torch.uint8: "U8"}
+
+
+def write_safetensors(path, specs, make, metadata=None):
+    """specs: [(name, shape, dtype)]; make(name, shape, dtype) -> tensor. Streams one tensor at a time."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t0 = time.time()
+    header, off = {}, 0
+    for name, shape, dt in specs:
+        n = math.prod(shape) * torch.empty((), dtype=dt).element_size()
+        header[name] = {"dtype": ST_DTYPE[dt], "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    if metadata:
+        header["__metadata__"] = metadata
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * ((8 - len(hb) % 8) % 8)
+    params = 0
+    with open(path + ".part", "wb", buffering=64 << 20) as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for name, shape, dt in specs:
+            t = make(name, shape, dt)
+            assert tuple(t.shape) == tuple(shape) and t.dtype == dt, (name, t.shape, shape, t.dtype, dt)
+            params += t.numel()
+            b = t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+            f.write(memoryview(b))
+            del t, b
+    os.replace(path + ".part", path)
+    sz = os.path.getsize(path)
+    assert sz == 8 + len(hb) + off, (sz, off)
+    dt_s = time.time() - t0
+    print(f"saved {path}: {len(specs)} tensors, {params / 1e6:.1f} M values, {sz / 2**20:.0f} MiB, {dt_s:.1f}s",
+          flush=True)
+    INFO["files"][os.path.basename(path)] = {"tensors": len(specs), "values_M": round(params / 1e6, 1),
+                                             "MiB": round(sz / 2**20), "s": round(dt_s, 1)}
+
+
+def randn(shape, std, dt):
+    if dt in (torch.float16, torch.bfloat16, torch.float32):
+        return torch.empty(shape, device=dev, dtype=dt).normal_(0.0, std, generator=gen)
+    return torch.empty(shape, device=dev, dtype=torch.float32).normal_(0.0, std, generator=gen).to(dt)
+
+
+def default_value(name, shape, dt, std=0.02):
+    if name.endswith("gamma"):
+        return torch.ones(shape, device=dev, dtype=dt)
+    if len(shape) <= 1:
+        if name.endswith("bias"):
+            return torch.zeros(shape, device=dev, dtype=dt)
+        return torch.ones(shape, device=dev, dtype=dt)
+    return randn(shape, std, dt)
+
+
+def meta_specs(module, dtype):
+    return [(k, tuple(v.shape), dtype) for k, v in module.state_dict().items()]
+
+
+def done(path):
+    return A.skip_existing and os.path.exists(path)
+
+
+t_all = time.time()
+import comfy.cli_args  # noqa: E402  (parse_args([]) since comfy.options.args_parsing is False)
+
+if dev.type == "cpu":
+    comfy.cli_args.args.cpu = True  # local CPU dry run only
+import comfy.model_detection  # noqa: E402
+import comfy.ops  # noqa: E402
+
+# ---------------- Wan 2.1 T2V diffusion models ----------------
+from comfy.ldm.wan.model import WanModel  # noqa: E402
+
+WAN = {
+    "1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+}
+for size in [s for s in A.wan.split(",") if s]:
+    cfg = dict(WAN[size])
+    if A.tiny:
+        cfg = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2)
+    name = f"wan2.1_t2v_{'1.3B' if size == '1.3b' else '14B'}_fp16_rand{'_tiny' if A.tiny else ''}.safetensors"
+    path = os.path.join(A.models, "diffusion_models", name)
+    if done(path):
+        print("exists", path)
+        continue
+    with torch.device("meta"):
+        m = WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, out_dim=16, freq_dim=256,
+                     text_dim=4096, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
+                     device="meta", dtype=torch.float16, operations=comfy.ops.disable_weight_init, **cfg)
+    specs = meta_specs(m, torch.float16)
+    del m
+    # check ComfyUI recognises the key set as Wan 2.1 T2V with these dimensions before writing anything
+    fake = {k: torch.empty(s, device="meta") for k, s, _ in specs}
+    det = comfy.model_detection.detect_unet_config(fake, "")
+    print(f"{size}: detect_unet_config -> {det}", flush=True)
+    assert det["image_model"] == "wan2.1" and det["model_type"] == "t2v" and det["dim"] == cfg["dim"] \
+        and det["num_layers"] == cfg["num_layers"] and det["ffn_dim"] == cfg["ffn_dim"], det
+    mc = comfy.model_detection.model_config_from_unet(fake, "")
+    print(f"{size}: model_config_from_unet -> {type(mc).__name__}", flush=True)
+    INFO.setdefault("detected", {})[name] = {"unet_config": {k: str(v) for k, v in det.items()},
+                                             "class": type(mc).__name__}
+    del fake
+    write_safetensors(path, specs, lambda n, s, d: default_value(n, s, d))
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+# ---------------- Wan 2.1 VAE ----------------
+from comfy.ldm.wan.vae import WanVAE  # noqa: E402
+
+path = os.path.join(A.models, "vae", "wan_2.1_vae_rand.safetensors")
+if not done(path):
+    with torch.device("meta"):
+        v = WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                   temperal_downsample=[False, True, True], image_channels=3, conv_out_channels=3, dropout=0.0)
+    specs = meta_specs(v, torch.bfloat16)
+    del v
+    keys = {k for k, _, _ in specs}
+    assert "decoder.middle.0.residual.0.gamma" in keys
+    assert "decoder.upsamples.0.upsamples.0.residual.2.weight" not in keys
+    write_safetensors(path, specs, lambda n, s, d: default_value(n, s, d, std=0.02))
+
+# ---------------- umt5-xxl text encoder, scaled fp8 ----------------
+from comfy.text_encoders.t5 import T5  # noqa: E402
+
+path = os.path.join(A.models, "text_encoders", "umt5_xxl_fp8_e4m3fn_scaled_rand.safetensors")
+if not A.no_te and not done(path):
+    with open(os.path.join(A.comfy, "comfy", "text_encoders", "umt5_config_xxl.json")) as config_file:
+        cfg = json.load(config_file)
+    with torch.device("meta"):
+        t5 = T5(cfg, dtype=torch.bfloat16, device="meta", operations=comfy.ops.manual_cast)
+    base = meta_specs(t5, torch.bfloat16)
+    linear = {n + ".weight" for n, mod in t5.named_modules() if isinstance(mod, torch.nn.Linear)}
+    del t5
+    with open(A.spm, "rb") as spm_file:
+        spm = spm_file.read()
+    specs = [("scaled_fp8", (0,), torch.float8_e4m3fn)]
+    for k, s, d in base:
+        if k in linear:
+            specs.append((k, s, torch.float8_e4m3fn))
+            specs.append((k[:-len(".weight")] + ".scale_weight", (), torch.float32))
+        else:
+            specs.append((k, s, d))
+    specs.append(("spiece_model", (len(spm),), torch.uint8))
+    assert "encoder.block.23.layer.1.DenseReluDense.wi_1.weight" in linear
+    SCALES = {}
+
+    def make_te(n, s, d):
+        if n == "spiece_model":
+            return torch.frombuffer(bytearray(spm), dtype=torch.uint8).to(dev)
+        if n == "scaled_fp8":
+            return torch.empty((0,), dtype=d, device=dev)
+        if n.endswith(".scale_weight"):
+            return SCALES.pop(n)
+        if d == torch.float8_e4m3fn:
+            w = torch.empty(s, device=dev, dtype=torch.float32).normal_(0.0, 0.02, generator=gen)
+            scale = w.abs().amax() / 448.0
+            SCALES[n[:-len(".weight")] + ".scale_weight"] = scale.to(torch.float32).reshape(())
+            return (w / scale).to(torch.float8_e4m3fn)
+        if n == "shared.weight":
+            return randn(s, 1.0, d)
+        if "relative_attention_bias" in n:
+            return randn(s, 0.1, d)
+        return default_value(n, s, d)
+
+    write_safetensors(path, specs, make_te)
+
+INFO["total_s"] = round(time.time() - t_all, 1)
+with open(os.path.join(A.models, "models.json"), "w") as f:
+    json.dump(INFO, f, indent=1)
+print("MAKE_MODELS_DONE", json.dumps(INFO), flush=True)
