@@ -20,6 +20,7 @@ from comfy_worker.errors import InvalidInput, ModelDownloadFailed
 from comfy_worker.model_cache import Credentials, ModelCache
 from comfy_worker.model_urls import ModelRef, parse_models, rewrite_workflow_urls
 from comfy_worker.settings import S3Config
+from comfy_worker.url_guard import UrlGuard
 
 MB = 1_000_000
 TOKEN = "Bearer let-me-in"
@@ -83,10 +84,11 @@ def server():
 
 
 def cache_at(tmp_path: Path, max_mb: float = 100) -> ModelCache:
-    return ModelCache(tmp_path / "cache", int(max_mb * MB), 50 * MB, timeout_s=60)
+    return ModelCache(tmp_path / "cache", int(max_mb * MB), 50 * MB, timeout_s=60, url_guard=LOOPBACK)
 
 
 NO_CREDENTIALS = Credentials(None, "")
+LOOPBACK = UrlGuard.parse("127.0.0.1")  # the test servers' address, let through as ALLOW_PRIVATE_URLS would
 
 
 def digest_workflow(lora_name: str) -> dict:
@@ -98,7 +100,7 @@ def digest_workflow(lora_name: str) -> dict:
 def test_models_entries_are_checked():
     [ref] = parse_models([{"url": "https://h/x/my%20lora.safetensors?sig=abc", "folder": "loras"}])
     assert (ref.folder, ref.name) == ("loras", "my lora.safetensors")
-    assert ref.shown_url == "https://h/x/my%20lora.safetensors"  # the query (a signature) is never shown
+    assert ref.shown_url == "https://h/x/my%20lora.safetensors?sig=REDACTED"  # a signature is never shown
     for bad, message in [
         ("x", "'models' must be a list"),
         ([{"url": "ftp://h/a.safetensors", "folder": "loras"}], "ftp:// is not fetched"),

@@ -33,6 +33,7 @@ import requests
 from .errors import InvalidInput, ModelDownloadFailed, WorkerError
 from .model_urls import MODEL_FOLDERS, ModelRef
 from .settings import S3Config
+from .url_guard import AddressRefused, UrlGuard, guarded_session, refused_cause
 
 log = logging.getLogger("comfy_worker.models")
 
@@ -56,8 +57,10 @@ class Credentials:
 
 
 class ModelCache:
-    def __init__(self, root: Path, max_bytes: int, max_file_bytes: int, timeout_s: float) -> None:
+    def __init__(self, root: Path, max_bytes: int, max_file_bytes: int, timeout_s: float,
+                 url_guard: UrlGuard) -> None:
         self.root = root
+        self.url_guard = url_guard  # http(s) model URLs and their redirects reach only the addresses it allows
         self.blobs = root / "blobs"
         self.models = root / "models"
         self.max_bytes = max_bytes
@@ -191,6 +194,8 @@ class ModelCache:
             blob.with_name(f"{blob.name}.json").write_text(json.dumps(meta))
             os.replace(part, blob)  # complete and checked: only now under its final name
             return written
+        except AddressRefused as error:
+            raise InvalidInput(f"downloading {ref.shown_url} was refused: {error}") from None
         except requests.RequestException as error:
             raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: {type(error).__name__}") from None
         finally:
@@ -211,7 +216,8 @@ class ModelCache:
                 yield _chunks(body), size, True
             return
         url, headers = http_request(ref, credentials)
-        with requests.get(url, headers=headers, stream=True, timeout=(15, 120)) as response:
+        with guarded_session(self.url_guard) as session, \
+                session.get(url, headers=headers, stream=True, timeout=(15, 120)) as response:
             if response.status_code != 200:
                 raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: HTTP {response.status_code}")
             length = response.headers.get("content-length")
@@ -231,11 +237,14 @@ class ModelCache:
                 s3_object(ref, credentials.s3, head_only=True)
                 return
             url, headers = http_request(ref, credentials)
-            answer = requests.get(url, headers={**headers, "Range": "bytes=0-0"}, stream=True, timeout=30)
-            answer.close()
+            with guarded_session(self.url_guard) as session:
+                answer = session.get(url, headers={**headers, "Range": "bytes=0-0"}, stream=True, timeout=30)
+                answer.close()
             if answer.status_code in (200, 206):
                 return
             status = f"HTTP {answer.status_code}"
+        except AddressRefused as error:
+            raise InvalidInput(f"{ref.shown_url} was refused: {error}") from None
         except ModelDownloadFailed as error:
             status = str(error)
         except requests.RequestException as error:
@@ -302,15 +311,15 @@ def http_request(ref: ModelRef, credentials: Credentials) -> tuple[str, dict[str
 
 
 def s3_object(ref: ModelRef, config: S3Config | None, head_only: bool = False) -> tuple[BinaryIO, int | None]:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from .s3 import client as s3_client  # boto3 is slow to import and only needed here
 
     if config is None:
         raise ModelDownloadFailed(f"{ref.shown_url} needs S3 credentials: give 's3' in the job or set BUCKET_*")
     parts = urlsplit(ref.url)
     bucket, key = parts.netloc, parts.path.lstrip("/")
-    client = boto3.client("s3", endpoint_url=config.endpoint_url, aws_access_key_id=config.access_key_id,
-                          aws_secret_access_key=config.secret_access_key, region_name=config.region)
+    client = s3_client(config)
     try:
         if head_only:
             client.head_object(Bucket=bucket, Key=key)
@@ -321,6 +330,10 @@ def s3_object(ref: ModelRef, config: S3Config | None, head_only: bool = False) -
         raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: HTTP {status} "
                                   f"({error.response.get('Error', {}).get('Code')})") from None
     except BotoCoreError as error:
+        refused = refused_cause(error)
+        if refused is not None:
+            raise InvalidInput(f"downloading {ref.shown_url} from the job's S3 endpoint was refused: "
+                               f"{refused}") from None
         raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: {type(error).__name__}") from None
     return answer["Body"], answer.get("ContentLength")
 

@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import InvalidInput
 from .file_names import check_file_name
+from .redaction import redact_url
 
 SCHEMES = ("http", "https", "s3", "hf")
 MODEL_FOLDERS = (
@@ -48,9 +49,8 @@ class ModelRef:
 
     @property
     def shown_url(self) -> str:
-        """The URL without its query string, which may carry a signature or a token: safe to log and return."""
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}{parts.path}"
+        """The URL with its credentials (user:password@, signatures, tokens) redacted: safe to log and return."""
+        return redact_url(self.url)
 
 
 def url_key(url: str) -> str:

@@ -22,6 +22,7 @@ from .errors import (
     ExecutionFailed,
     InstanceDied,
     InstanceUnavailable,
+    InvalidInput,
     JobTimedOut,
     WorkerError,
     WorkerNotReady,
@@ -40,9 +41,11 @@ from .model_cache import Credentials, Fetched, ModelCache
 from .outputs import OutputFile, OutputText, find_outputs
 from .progress import ProgressReporter, Sender, runpod_sender
 from .recovery import out_of_memory_error, restart_if_hung, retry_reason
+from .redaction import redact_text, redact_url
 from .scheduler import Scheduler
 from .settings import Settings
 from .slow_paths import slow_path_warnings
+from .url_guard import AddressRefused
 from .warmup import load_warmup_workflow
 from .workflow_rewrite import isolate_outputs, job_folder_name
 
@@ -80,7 +83,8 @@ class Worker:
         started = time.monotonic()
         try:
             self.model_cache = ModelCache(self.settings.model_cache_dir, self.settings.model_cache_max_bytes,
-                                          self.settings.model_max_file_bytes, self.settings.model_download_timeout_s)
+                                          self.settings.model_max_file_bytes, self.settings.model_download_timeout_s,
+                                          self.settings.url_guard)
             cache_paths = self.model_cache.write_extra_model_paths(self.settings.work_dir / "model_cache_paths.yaml")
             self.fleet = Fleet(self.settings, self._gpus, (cache_paths,))
             self.fleet.start()
@@ -150,15 +154,16 @@ class Worker:
             result = await self._run(job, job_id, job_log)
         except WorkerError as error:
             job_log.error("failed: %s", error)
-            result = {"error": str(error)}
+            result = {"error": redact_text(str(error))}
             if error.details:
-                result["details"] = error.details
+                result["details"] = [redact_text(line) for line in error.details]
         except asyncio.CancelledError:
             job_log.warning("cancelled")
             raise
         except Exception as error:
             job_log.exception("internal error")
-            result = {"error": f"internal worker error ({type(error).__name__}: {error}); the worker keeps serving"}
+            result = {"error": redact_text(f"internal worker error ({type(error).__name__}: {error}); the worker "
+                                           "keeps serving")}
         if self.settings.refresh_worker or wants_refresh(job.get("input")):
             job_log.info("refresh_worker: RunPod ends this worker after the job")
             result["refresh_worker"] = True  # the RunPod SDK takes it out of the output and stops the worker
@@ -168,7 +173,7 @@ class Worker:
         received = time.monotonic()
         if self.startup_error or self.scheduler is None:
             raise WorkerNotReady(f"the worker failed to start: {self.startup_error or 'not started'}")
-        request = parse_job_input(job.get("input"))
+        request = parse_job_input(job.get("input"), self.settings.url_guard)
         timeout_s = request.timeout_s or self.settings.job_timeout_s
         deadline = received + timeout_s
         warnings = [f"ignored unknown input field '{name}'" for name in request.ignored_fields]
@@ -256,7 +261,7 @@ class Worker:
             "timings": timings,
             "metrics": self.scheduler.snapshot(),
             "models_downloaded": list(fetched.downloaded),
-            "warnings": warnings + delivery.warnings,
+            "warnings": [redact_text(w) for w in warnings + delivery.warnings],
         }
 
     async def _recover(self, instance: ComfyInstance, error: WorkerError, request: JobRequest, retried: bool,
@@ -286,9 +291,17 @@ class Worker:
         return next((g for g in self.fleet.gpus if g.index == instance.spec.gpu), None)
 
     def _decode_inputs(self, request: JobRequest) -> list[tuple[str, bytes]]:
+        """The job's input files, after its own S3 endpoint is checked: both before any work starts."""
+        if request.s3 is not None and request.s3.guard is not None:
+            try:
+                request.s3.guard.check_url(request.s3.endpoint_url)
+            except AddressRefused as error:
+                raise InvalidInput(f"'s3.endpoint_url' {redact_url(request.s3.endpoint_url)} was refused: "
+                                   f"{error}") from None
         return [
             (item.name, decode_input_file(item, max_bytes=self.settings.max_input_file_bytes,
-                                          url_timeout_s=self.settings.input_url_timeout_s))
+                                          url_timeout_s=self.settings.input_url_timeout_s,
+                                          url_guard=self.settings.url_guard))
             for item in request.files
         ]
 
