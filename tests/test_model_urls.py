@@ -247,3 +247,38 @@ def test_a_failed_download_is_a_clear_error_and_a_gated_file_stays_gated(worker,
     refused = run(worker.handle(make_job(digest_workflow("members.safetensors"), models=[entry])))
     assert "needs credentials that this job does not have" in refused["error"]
     assert TOKEN not in str(allowed) and TOKEN not in str(refused)
+
+
+def test_a_cached_file_serves_a_pinned_job_only_if_its_digest_is_the_pin(server, tmp_path):
+    """Cache poisoning: the URL served other bytes when an unpinned job cached it; a job pinning the sha256 of what
+    the URL serves now must not get the cached bytes."""
+    first = server.add("mutable.safetensors", MB)
+    cache = cache_at(tmp_path)
+    url = f"{server.url}/files/mutable.safetensors"
+    cache.release(cache.fetch((ModelRef(url, "loras", "m.safetensors"),), NO_CREDENTIALS, lambda u: None,
+                               job_log).keys)
+    server.files["mutable.safetensors"] = second = first[::-1]
+    pinned = ModelRef(url, "loras", "m.safetensors", sha256=hashlib.sha256(second).hexdigest())
+    with pytest.raises(InvalidInput, match=f"has sha256 {hashlib.sha256(first).hexdigest()}, not the "
+                                           f"{pinned.sha256} this job pins"):
+        cache.fetch((pinned,), NO_CREDENTIALS, lambda u: None, job_log)
+    same = ModelRef(url, "loras", "m.safetensors", sha256=hashlib.sha256(first).hexdigest())
+    again = cache.fetch((same,), NO_CREDENTIALS, lambda u: None, job_log)  # the pin the file has: served
+    assert again.downloaded == () and server.gets["/files/mutable.safetensors"] == 1
+    cache.release(again.keys)
+    (cache.blobs / f"{same.key}.json").unlink()  # no kept digest: the file itself is hashed
+    (cache.blobs / same.key).write_bytes(second)
+    with pytest.raises(InvalidInput, match="this job pins"):
+        cache.fetch((same,), NO_CREDENTIALS, lambda u: None, job_log)
+
+
+@pytest.mark.comfyui
+def test_a_pinned_job_never_runs_on_a_cached_file_with_another_digest(worker, run, server):
+    first = server.add("poisoned.safetensors", MB)
+    entry = {"url": f"{server.url}/files/poisoned.safetensors", "folder": "loras"}
+    unpinned = run(worker.handle(make_job(digest_workflow("poisoned.safetensors"), models=[entry])))
+    assert unpinned["text"][0]["data"] == hashlib.sha256(first).hexdigest()
+    server.files["poisoned.safetensors"] = second = first[::-1]
+    pin = hashlib.sha256(second).hexdigest()
+    pinned = run(worker.handle(make_job(digest_workflow("poisoned.safetensors"), models=[{**entry, "sha256": pin}])))
+    assert "this job pins" in pinned.get("error", ""), pinned

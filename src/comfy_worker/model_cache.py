@@ -139,6 +139,7 @@ class ModelCache:
             if not blob.exists():
                 return self._obtain(ref, credentials, progress, job_log)
         self._check_access(ref, credentials, job_log)
+        self._check_pin(ref, blob)
         os.utime(blob)  # least recently used is by modification time, shared with other workers on the volume
         return False
 
@@ -253,6 +254,24 @@ class ModelCache:
         raise InvalidInput(f"{ref.shown_url} needs credentials that this job does not have ({status}): give them in "
                            "its 'models' entry ('headers') or in 's3'")
 
+    def _check_pin(self, ref: ModelRef, blob: Path) -> None:
+        """A cached file serves a job that pins its sha256 only if its digest, kept when it was downloaded and
+        checked, is that one. The file is never replaced under jobs that may use it: the job is refused."""
+        if not ref.sha256:
+            return
+        try:
+            meta = json.loads((self.blobs / f"{ref.key}.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        digest = meta.get("sha256") if meta.get("bytes") == blob.stat().st_size else None
+        if digest is None:  # no kept digest, or one for another size: hash the file itself
+            digest = file_sha256(blob)
+        if digest != ref.sha256:
+            raise InvalidInput(
+                f"the cached copy of {ref.shown_url} has sha256 {digest}, not the {ref.sha256} this job pins: the URL "
+                "served other content when it was cached. It was not used; to fetch the URL again as a new file, "
+                "make the URL differ (e.g. add '?sha256=<the pin>')")
+
     # --- where ComfyUI finds it ------------------------------------------------------------------------------------
     def _link(self, ref: ModelRef) -> None:
         link = self.models / ref.folder / ref.name
@@ -336,6 +355,14 @@ def s3_object(ref: ModelRef, config: S3Config | None, head_only: bool = False) -
                                f"{refused}") from None
         raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: {type(error).__name__}") from None
     return answer["Body"], answer.get("ContentLength")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _chunks(body: Any) -> Iterator[bytes]:
