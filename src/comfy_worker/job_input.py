@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidInput
-from .file_names import check_file_name
+from .file_names import check_input_name
 from .image_format import parse_image_format
 from .model_urls import ModelRef, parse_models, rewrite_workflow_urls
 from .settings import OUTPUT_MODES, S3Config, SettingsError, split_bucket_endpoint
@@ -107,7 +107,7 @@ def _parse_files(images: Any) -> tuple[InputFile, ...]:
         where = f"images[{i}]"
         if not isinstance(item, dict):
             raise InvalidInput(f"{where} must be an object with 'name' and 'image', not {_kind(item)}")
-        name = check_file_name(item.get("name"), where)
+        name = check_input_name(item.get("name"), where)
         if name in seen:
             raise InvalidInput(f"{where}: the name {name!r} is used twice")
         seen.add(name)

@@ -73,6 +73,7 @@ class ModelCache:
         self.blobs.mkdir(parents=True, exist_ok=True)
         for folder in MODEL_FOLDERS:
             (self.models / folder).mkdir(parents=True, exist_ok=True)
+        self._remove_stale_parts()
 
     def write_extra_model_paths(self, path: Path) -> Path:
         """An extra_model_paths.yaml that shows the cached files to ComfyUI."""
@@ -100,6 +101,7 @@ class ModelCache:
             self.release(tuple(held))
             raise
         self._evict()
+        self._remove_stale_parts()
         return Fetched(tuple(held), round((time.monotonic() - started) * 1000, 1), tuple(downloaded))
 
     def release(self, keys: tuple[str, ...]) -> None:
@@ -148,21 +150,37 @@ class ModelCache:
         """Downloads under a file lock, so that workers sharing the volume fetch a URL once. False when another
         process finished it while this one waited for the lock."""
         blob = self.blobs / ref.key
-        with open(self.blobs / f"{ref.key}.lock", "w") as lock:
+        with self._file_lock(ref.key):
+            if blob.exists():
+                return False
+            job_log.info("downloading %s into the model cache", ref.shown_url)
+            started = time.monotonic()
+            size = self._download(ref, credentials, blob, progress)
+            seconds = time.monotonic() - started
+            job_log.info("downloaded %s: %.1f MB in %.1f s", ref.shown_url, size / 1e6, seconds)
+            with self._lock:
+                self.downloads += 1
+            return True
+
+    @contextlib.contextmanager
+    def _file_lock(self, key: str) -> Iterator[None]:
+        """An exclusive flock on blobs/<key>.lock, whose holder removes the file before it lets go, so lock files
+        never pile up. A waiter that got the lock of a file already removed locks the new one instead."""
+        path = self.blobs / f"{key}.lock"
+        while True:
+            lock = open(path, "a")  # noqa: SIM115 - held across the yield
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                if blob.exists():
-                    return False
-                job_log.info("downloading %s into the model cache", ref.shown_url)
-                started = time.monotonic()
-                size = self._download(ref, credentials, blob, progress)
-                seconds = time.monotonic() - started
-                job_log.info("downloaded %s: %.1f MB in %.1f s", ref.shown_url, size / 1e6, seconds)
-                with self._lock:
-                    self.downloads += 1
-                return True
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            lock.close()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            lock.close()  # releases the flock
 
     def _download(self, ref: ModelRef, credentials: Credentials, blob: Path, progress: Progress) -> int:
         part = blob.with_name(f"{blob.name}.part-{uuid.uuid4().hex[:8]}")
@@ -288,6 +306,15 @@ class ModelCache:
             os.replace(temporary, link)
 
     # --- size ------------------------------------------------------------------------------------------------------
+    def _remove_stale_parts(self) -> None:
+        """Partial downloads of a process that died: a part unwritten for longer than a whole download may take."""
+        now = time.time()
+        for part in self.blobs.glob("*.part-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - part.stat().st_mtime > self.timeout_s:
+                    part.unlink()
+                    log.info("model cache: removed %s, a partial download abandoned", part.name)
+
     def _evict(self) -> None:
         """Removes the least recently used blobs (and their links) not in use, until the cache fits its limit."""
         with self._lock:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import threading
 import time
 import uuid
@@ -34,6 +33,7 @@ from .gpus import Gpu
 from .image_format import convert_images
 from .input_files import decode_input_file
 from .instance import ComfyInstance
+from .job_files import remove_new, snapshot
 from .job_input import JobRequest, parse_job_input, wants_refresh
 from .logs import JobLog
 from .model_affinity import models_in
@@ -124,12 +124,11 @@ class Worker:
         started = time.monotonic()
         timeout_s = self.settings.job_timeout_s
         try:
-            outcome = self._execute(instance, request, [], started + timeout_s, timeout_s, threading.Event(),
+            self._execute(instance, request, [], started + timeout_s, timeout_s, threading.Event(),
                                     ProgressReporter({}, instance.label, 1e9, None), job_log)
         except (WorkerError, JobCancelled) as error:
             job_log.error("warm-up failed: %s", error)
             return f"{instance.label} failed"
-        self._clean_outputs(instance, outcome)
         assert self.scheduler is not None
         self.scheduler.remember_models(instance.spec.index, models_in(request.workflow))
         return f"{instance.label} {time.monotonic() - started:.1f} s"
@@ -232,12 +231,9 @@ class Worker:
                 self.scheduler.remember_models(instance.spec.index, models)
         warnings += outcome.warnings
 
-        try:
-            started = time.monotonic()
-            delivery = await loop.run_in_executor(self._executor, self._deliver, outcome, request, job_log.job_id)
-            delivery_ms = _ms_since(started)
-        finally:
-            await loop.run_in_executor(self._executor, self._clean_outputs, instance, outcome)
+        started = time.monotonic()
+        delivery = await loop.run_in_executor(self._executor, self._deliver, outcome, request, job_log.job_id)
+        delivery_ms = _ms_since(started)
 
         timings = {
             "queue_wait_ms": round(lease.wait_ms, 1),
@@ -335,6 +331,17 @@ class Worker:
 
     def _execute(self, instance: ComfyInstance, request: JobRequest, inputs, deadline, timeout_s, stop, reporter,
                  job_log) -> RunOutcome:
+        """Runs the job on its instance and reads its outputs into memory; then every file the job caused in the
+        instance's folders is removed (job_files), whatever happened."""
+        before = snapshot(instance.dirs)
+        try:
+            return self._execute_job(instance, request, inputs, deadline, timeout_s, stop, reporter, job_log)
+        finally:
+            self._remove_inputs(instance, inputs)
+            remove_new(instance.dirs, before)
+
+    def _execute_job(self, instance: ComfyInstance, request: JobRequest, inputs, deadline, timeout_s, stop, reporter,
+                     job_log) -> RunOutcome:
         client = instance.client
         launches = instance.launches
         log_mark = instance.lines_logged
@@ -344,6 +351,9 @@ class Worker:
         follower: PromptFollower | None = None
         try:
             for name, data in inputs:
+                if (instance.dirs.input / name).is_dir():  # ComfyUI would answer HTTP 500
+                    raise InvalidInput(f"input file {name!r} has the name of a folder in ComfyUI's input folder: "
+                                       "give the file another name")
                 client.upload_input(name, data)
             timings["upload_ms"] = _ms_since(started)
             workflow = isolate_outputs(request.workflow, job_folder)
@@ -357,7 +367,6 @@ class Worker:
             finally:
                 follower.close()
         except BaseException as error:
-            shutil.rmtree(instance.dirs.output / job_folder, ignore_errors=True)  # a failed job's partial outputs
             if isinstance(error, JobCancelled):
                 raise asyncio.CancelledError() from None
             if isinstance(error, InstanceUnavailable):
@@ -366,8 +375,6 @@ class Worker:
             if isinstance(error, ExecutionFailed):  # ComfyUI's exception text names files by their host paths
                 error.args = (strip_host_paths(str(error), (self.settings.work_dir, self.settings.comfyui_dir)),)
             raise
-        finally:
-            self._remove_inputs(instance, inputs)
         timings.update(_execution_timings(execution, request.workflow))
         gpu_mib = self._gpu_memory_mib(instance)
         warnings = warnings + slow_path_warnings(
@@ -422,15 +429,6 @@ class Worker:
         for name, _ in inputs:
             with contextlib.suppress(OSError):
                 (instance.dirs.input / name).unlink()
-
-    @staticmethod
-    def _clean_outputs(instance: ComfyInstance, outcome: RunOutcome) -> None:
-        for output, _ in outcome.files:
-            if output.folder_type == "temp":
-                with contextlib.suppress(OSError, ValueError):
-                    output.path_in(instance.dirs).unlink()
-        if outcome.job_folder:
-            shutil.rmtree(instance.dirs.output / outcome.job_folder, ignore_errors=True)
 
     def _count_job(self) -> None:
         self.jobs_done += 1
