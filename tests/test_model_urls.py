@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import http.server
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -282,3 +283,15 @@ def test_a_pinned_job_never_runs_on_a_cached_file_with_another_digest(worker, ru
     pin = hashlib.sha256(second).hexdigest()
     pinned = run(worker.handle(make_job(digest_workflow("poisoned.safetensors"), models=[{**entry, "sha256": pin}])))
     assert "this job pins" in pinned.get("error", ""), pinned
+
+
+def test_no_lock_file_stays_and_an_abandoned_partial_download_is_removed(server, tmp_path):
+    cache = cache_at(tmp_path)  # a download may take 60 s here
+    abandoned, live = cache.blobs / "a.part-dead0000", cache.blobs / "b.part-live0000"
+    abandoned.write_bytes(b"x")
+    live.write_bytes(b"x")
+    os.utime(abandoned, (time.time() - 61, time.time() - 61))
+    server.add("locked.safetensors", MB)
+    ref = ModelRef(f"{server.url}/files/locked.safetensors", "loras", "locked.safetensors")
+    cache.release(cache.fetch((ref,), NO_CREDENTIALS, lambda u: None, job_log).keys)
+    assert sorted(p.name for p in cache.blobs.iterdir()) == sorted([ref.key, f"{ref.key}.json", live.name])
