@@ -60,6 +60,7 @@ def worker_env(comfyui_dir: Path, work_dir: Path, instances: int, **extra: str) 
         "COMFY_CUSTOM_NODES_DIRS": str(CUSTOM_NODES),
         "WEBSOCKET_QUIET_S": "1",
         "COMFY_START_TIMEOUT_S": "180",
+        "ALLOW_PRIVATE_URLS": "127.0.0.1",  # the tests' own HTTP and S3 servers; test_url_guard.py checks the default
         **extra,
     }
 

@@ -19,6 +19,7 @@ from workflows import invert, load_invert
 
 from comfy_worker.errors import InvalidInput
 from comfy_worker.job_input import parse_job_input
+from comfy_worker.url_guard import UrlGuard
 
 PARSE_CASES = 600
 WORKER_CASES = 120
@@ -142,7 +143,7 @@ def test_malformed_inputs_are_refused_with_a_message_naming_the_problem(raw):
 
     with pytest.raises(InvalidInput):
         for item in request.files:
-            decode_input_file(item, max_bytes=1_000_000, url_timeout_s=1)
+            decode_input_file(item, max_bytes=1_000_000, url_timeout_s=1, url_guard=UrlGuard())
 
 
 def test_the_parse_fuzzer_ran_its_cases():

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import http.server
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ from comfy_worker.errors import InvalidInput, ModelDownloadFailed
 from comfy_worker.model_cache import Credentials, ModelCache
 from comfy_worker.model_urls import ModelRef, parse_models, rewrite_workflow_urls
 from comfy_worker.settings import S3Config
+from comfy_worker.url_guard import UrlGuard
 
 MB = 1_000_000
 TOKEN = "Bearer let-me-in"
@@ -83,10 +85,11 @@ def server():
 
 
 def cache_at(tmp_path: Path, max_mb: float = 100) -> ModelCache:
-    return ModelCache(tmp_path / "cache", int(max_mb * MB), 50 * MB, timeout_s=60)
+    return ModelCache(tmp_path / "cache", int(max_mb * MB), 50 * MB, timeout_s=60, url_guard=LOOPBACK)
 
 
 NO_CREDENTIALS = Credentials(None, "")
+LOOPBACK = UrlGuard.parse("127.0.0.1")  # the test servers' address, let through as ALLOW_PRIVATE_URLS would
 
 
 def digest_workflow(lora_name: str) -> dict:
@@ -98,7 +101,7 @@ def digest_workflow(lora_name: str) -> dict:
 def test_models_entries_are_checked():
     [ref] = parse_models([{"url": "https://h/x/my%20lora.safetensors?sig=abc", "folder": "loras"}])
     assert (ref.folder, ref.name) == ("loras", "my lora.safetensors")
-    assert ref.shown_url == "https://h/x/my%20lora.safetensors"  # the query (a signature) is never shown
+    assert ref.shown_url == "https://h/x/my%20lora.safetensors?sig=REDACTED"  # a signature is never shown
     for bad, message in [
         ("x", "'models' must be a list"),
         ([{"url": "ftp://h/a.safetensors", "folder": "loras"}], "ftp:// is not fetched"),
@@ -245,3 +248,50 @@ def test_a_failed_download_is_a_clear_error_and_a_gated_file_stays_gated(worker,
     refused = run(worker.handle(make_job(digest_workflow("members.safetensors"), models=[entry])))
     assert "needs credentials that this job does not have" in refused["error"]
     assert TOKEN not in str(allowed) and TOKEN not in str(refused)
+
+
+def test_a_cached_file_serves_a_pinned_job_only_if_its_digest_is_the_pin(server, tmp_path):
+    """Cache poisoning: the URL served other bytes when an unpinned job cached it; a job pinning the sha256 of what
+    the URL serves now must not get the cached bytes."""
+    first = server.add("mutable.safetensors", MB)
+    cache = cache_at(tmp_path)
+    url = f"{server.url}/files/mutable.safetensors"
+    cache.release(cache.fetch((ModelRef(url, "loras", "m.safetensors"),), NO_CREDENTIALS, lambda u: None,
+                               job_log).keys)
+    server.files["mutable.safetensors"] = second = first[::-1]
+    pinned = ModelRef(url, "loras", "m.safetensors", sha256=hashlib.sha256(second).hexdigest())
+    with pytest.raises(InvalidInput, match=f"has sha256 {hashlib.sha256(first).hexdigest()}, not the "
+                                           f"{pinned.sha256} this job pins"):
+        cache.fetch((pinned,), NO_CREDENTIALS, lambda u: None, job_log)
+    same = ModelRef(url, "loras", "m.safetensors", sha256=hashlib.sha256(first).hexdigest())
+    again = cache.fetch((same,), NO_CREDENTIALS, lambda u: None, job_log)  # the pin the file has: served
+    assert again.downloaded == () and server.gets["/files/mutable.safetensors"] == 1
+    cache.release(again.keys)
+    (cache.blobs / f"{same.key}.json").unlink()  # no kept digest: the file itself is hashed
+    (cache.blobs / same.key).write_bytes(second)
+    with pytest.raises(InvalidInput, match="this job pins"):
+        cache.fetch((same,), NO_CREDENTIALS, lambda u: None, job_log)
+
+
+@pytest.mark.comfyui
+def test_a_pinned_job_never_runs_on_a_cached_file_with_another_digest(worker, run, server):
+    first = server.add("poisoned.safetensors", MB)
+    entry = {"url": f"{server.url}/files/poisoned.safetensors", "folder": "loras"}
+    unpinned = run(worker.handle(make_job(digest_workflow("poisoned.safetensors"), models=[entry])))
+    assert unpinned["text"][0]["data"] == hashlib.sha256(first).hexdigest()
+    server.files["poisoned.safetensors"] = second = first[::-1]
+    pin = hashlib.sha256(second).hexdigest()
+    pinned = run(worker.handle(make_job(digest_workflow("poisoned.safetensors"), models=[{**entry, "sha256": pin}])))
+    assert "this job pins" in pinned.get("error", ""), pinned
+
+
+def test_no_lock_file_stays_and_an_abandoned_partial_download_is_removed(server, tmp_path):
+    cache = cache_at(tmp_path)  # a download may take 60 s here
+    abandoned, live = cache.blobs / "a.part-dead0000", cache.blobs / "b.part-live0000"
+    abandoned.write_bytes(b"x")
+    live.write_bytes(b"x")
+    os.utime(abandoned, (time.time() - 61, time.time() - 61))
+    server.add("locked.safetensors", MB)
+    ref = ModelRef(f"{server.url}/files/locked.safetensors", "loras", "locked.safetensors")
+    cache.release(cache.fetch((ref,), NO_CREDENTIALS, lambda u: None, job_log).keys)
+    assert sorted(p.name for p in cache.blobs.iterdir()) == sorted([ref.key, f"{ref.key}.json", live.name])

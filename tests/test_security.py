@@ -4,6 +4,8 @@ that are never host paths."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import logging
 import os
@@ -17,9 +19,11 @@ import boto3
 import pytest
 import requests
 from conftest import free_port_block, make_job, worker_env
+from test_model_urls import ModelServer, digest_workflow
 from workflows import invert, load_invert
 
 from comfy_worker.settings import REPO_ROOT
+from comfy_worker.url_guard import UrlGuard
 
 pytestmark = pytest.mark.comfyui
 
@@ -148,3 +152,91 @@ def test_the_runpod_sdk_logs_no_secret_through_the_local_api(comfyui_dir, tmp_pa
     for secret in (SECRET_KEY, API_KEY, KEY_ID):
         assert secret not in text, f"{secret} in the local API's log"
     assert "iVBORw0KGgo" not in text, "the SDK logged a base64 image: RUNPOD_LOG_LEVEL is not applied"
+
+
+# --- URLs into the worker's own network (issue 17) ------------------------------------------------------------------
+@pytest.fixture
+def default_url_guard(worker, monkeypatch):
+    """The worker as deployed: ALLOW_PRIVATE_URLS unset (the test session lets 127.0.0.1 through)."""
+    monkeypatch.setattr(worker, "settings", dataclasses.replace(worker.settings, url_guard=UrlGuard()))
+    monkeypatch.setattr(worker.model_cache, "url_guard", UrlGuard())
+
+
+def test_urls_into_the_workers_own_network_are_refused_by_default(worker, run, default_url_guard, secret_bucket):
+    other = worker.fleet.instances[1]
+    (other.dirs.input / "someone-elses.png").write_bytes(b"private")
+    try:
+        view = f"http://127.0.0.1:{other.spec.port}/view?filename=someone-elses.png&type=input"
+        stolen = run(worker.handle(make_job(load_invert("in.png"), gpu=0, images=[{"name": "in.png", "image": view}])))
+    finally:
+        (other.dirs.input / "someone-elses.png").unlink()
+    assert "was refused" in stolen["error"] and "loopback" in stolen["error"], stolen
+    server = ModelServer()
+    server.add("local.safetensors", 1000)
+    try:
+        url = f"{server.url}/files/local.safetensors"
+        by_entry = run(worker.handle(make_job(digest_workflow("local.safetensors"),
+                                              models=[{"url": url, "folder": "loras"}])))
+        in_loader = run(worker.handle(make_job(digest_workflow(url))))
+    finally:
+        server.httpd.shutdown()
+    for result in (by_entry, in_loader):
+        assert f"downloading {url} was refused" in result["error"] and "ALLOW_PRIVATE_URLS" in result["error"]
+    assert server.gets == {}
+    upload = run(worker.handle(make_job(invert(), s3=secret_bucket, output_mode="s3")))
+    assert upload["error"].startswith(f"'s3.endpoint_url' {secret_bucket['endpoint_url']} was refused"), upload
+
+
+def test_credentials_in_urls_reach_no_log_line_and_no_error(worker, run, every_log_line):
+    handler = next(h for h in logging.getLogger("comfy_worker").handlers if getattr(h, "_comfy_worker", False))
+    printed = io.StringIO()
+    stream = handler.setStream(printed)
+    server = ModelServer()
+    secrets = ("pw-" + uuid.uuid4().hex, "sig-" + uuid.uuid4().hex, "tok-" + uuid.uuid4().hex)
+    query = f"X-Amz-Credential=AKIA%2F{secrets[2]}&X-Amz-Signature={secrets[1]}&token={secrets[2]}"
+    base = server.url.replace("http://", f"http://user:{secrets[0]}@")
+    try:
+        results = [
+            run(worker.handle(make_job(load_invert("in.png"),
+                                       images=[{"name": "in.png", "image": f"{base}/files/none.png?{query}"}]))),
+            run(worker.handle(make_job(digest_workflow("m.safetensors"), models=[
+                {"url": f"{base}/files/none.safetensors?{query}", "folder": "loras", "name": "m.safetensors"}]))),
+            run(worker.handle(make_job(digest_workflow(f"{base}/files/none.safetensors?{query}")))),
+        ]
+    finally:
+        handler.setStream(stream)
+        server.httpd.shutdown()
+    assert all("HTTP 404" in r["error"] for r in results), results
+    assert "X-Amz-Signature=REDACTED" in results[0]["error"] and "user:" not in results[0]["error"]
+    text = json.dumps(results) + printed.getvalue() + "\n".join(every_log_line)
+    assert "none.safetensors" in printed.getvalue()
+    for secret in secrets:
+        assert secret not in text
+
+
+# --- names ComfyUI would refuse with HTTP 500 or 'not in list' (issue 17) -------------------------------------------
+def test_names_comfyui_cannot_take_are_refused_before_upload_with_what_to_change(worker, run):
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+    cases = {
+        "3d": "is a folder ComfyUI keeps in its input folder",
+        "é" * 128 + ".png": "bytes in UTF-8, over the 255",
+        "line\nbreak.png": "holds a control character",
+        'quo"te.png': "double quote",
+    }
+    for name, message in cases.items():
+        result = run(worker.handle(make_job(load_invert(name), images=[{"name": name, "image": png}])))
+        assert message in result["error"], (name, result)
+    folder = worker.fleet.instances[0].dirs.input / "made-by-a-node.png"
+    folder.mkdir()
+    try:
+        result = run(worker.handle(make_job(load_invert(folder.name), gpu=0,
+                                            images=[{"name": folder.name, "image": png}])))
+    finally:
+        folder.rmdir()
+    assert "has the name of a folder in ComfyUI's input folder" in result["error"], result
+    no_extension = run(worker.handle(make_job(digest_workflow("download"), models=[
+        {"url": "https://example.invalid/download?id=7", "folder": "loras"}])))
+    assert "does not end in .safetensors" in no_extension["error"] and "'download.safetensors'" in \
+        no_extension["error"], no_extension
+    in_loader = run(worker.handle(make_job(digest_workflow("https://example.invalid/download?id=7"))))
+    assert "does not end in a model file name" in in_loader["error"], in_loader

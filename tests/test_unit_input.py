@@ -9,6 +9,7 @@ import pytest
 from comfy_worker.errors import InvalidInput
 from comfy_worker.input_files import decode_input_file
 from comfy_worker.job_input import InputFile, parse_job_input
+from comfy_worker.url_guard import UrlGuard
 
 NODE = {"1": {"class_type": "EmptyImage", "inputs": {}}}
 
@@ -62,8 +63,11 @@ def test_per_request_s3_takes_the_bucket_from_a_virtual_host_endpoint():
     assert request.s3.bucket == "my-bucket" and request.s3.endpoint_url == "https://s3.eu-west-1.amazonaws.com"
 
 
+LOOPBACK = UrlGuard.parse("127.0.0.1")  # the test servers' address, let through as ALLOW_PRIVATE_URLS would
+
+
 def decode(source: str, max_bytes: int = 1000) -> bytes:
-    return decode_input_file(InputFile("f.png", source), max_bytes=max_bytes, url_timeout_s=5)
+    return decode_input_file(InputFile("f.png", source), max_bytes=max_bytes, url_timeout_s=5, url_guard=LOOPBACK)
 
 
 def test_base64_and_data_uris_decode():

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidInput
-from .file_names import check_file_name
+from .file_names import check_input_name
 from .image_format import parse_image_format
 from .model_urls import ModelRef, parse_models, rewrite_workflow_urls
 from .settings import OUTPUT_MODES, S3Config, SettingsError, split_bucket_endpoint
+from .url_guard import UrlGuard
 
+NO_PRIVATE_URLS = UrlGuard()
 KNOWN_FIELDS = {
     "workflow", "images", "gpu", "timeout_s", "output_mode", "s3", "include_previews", "comfy_org_api_key",
     "image_format", "image_quality", "refresh_worker", "models",
@@ -43,7 +45,8 @@ class JobRequest:
     ignored_fields: tuple[str, ...] = ()
 
 
-def parse_job_input(raw: Any) -> JobRequest:
+def parse_job_input(raw: Any, url_guard: UrlGuard = NO_PRIVATE_URLS) -> JobRequest:
+    """`url_guard` goes with a job's own S3 endpoint: the private addresses it may reach (ALLOW_PRIVATE_URLS)."""
     if not isinstance(raw, dict):
         raise InvalidInput(f"the job input must be a JSON object with a 'workflow', not {_kind(raw)}")
     if "workflow" not in raw:
@@ -57,7 +60,7 @@ def parse_job_input(raw: Any) -> JobRequest:
         gpu=_optional_int(raw, "gpu", minimum=0),
         timeout_s=_optional_positive(raw, "timeout_s"),
         output_mode=_parse_output_mode(raw.get("output_mode")),
-        s3=_parse_s3(raw.get("s3")),
+        s3=_parse_s3(raw.get("s3"), url_guard),
         include_previews=_optional_bool(raw, "include_previews"),
         comfy_org_api_key=_optional_str(raw, "comfy_org_api_key"),
         refresh_worker=_optional_bool(raw, "refresh_worker"),
@@ -104,7 +107,7 @@ def _parse_files(images: Any) -> tuple[InputFile, ...]:
         where = f"images[{i}]"
         if not isinstance(item, dict):
             raise InvalidInput(f"{where} must be an object with 'name' and 'image', not {_kind(item)}")
-        name = check_file_name(item.get("name"), where)
+        name = check_input_name(item.get("name"), where)
         if name in seen:
             raise InvalidInput(f"{where}: the name {name!r} is used twice")
         seen.add(name)
@@ -126,7 +129,7 @@ def _parse_output_mode(mode: Any) -> str | None:
 S3_FIELDS = ("endpoint_url", "access_key_id", "secret_access_key")
 
 
-def _parse_s3(s3: Any) -> S3Config | None:
+def _parse_s3(s3: Any, url_guard: UrlGuard) -> S3Config | None:
     if s3 is None:
         return None
     if not isinstance(s3, dict):
@@ -149,6 +152,7 @@ def _parse_s3(s3: Any) -> S3Config | None:
         prefix=str(s3.get("prefix") or "").strip("/"),
         region=s3.get("region") or None,
         url_expiry_s=expiry,
+        guard=url_guard,
     )
 
 

@@ -7,6 +7,8 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+from .redaction import redact_text
+
 ROOT = "comfy_worker"
 
 
@@ -17,13 +19,20 @@ def configure(level: str) -> None:
     logger = logging.getLogger(ROOT)
     if not any(getattr(h, "_comfy_worker", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler._comfy_worker = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False  # `import runpod` configures the root logger too
     for chatty in QUIET_LIBRARIES:  # at DEBUG they log signed S3 request headers, key ID included
         logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats a record, traceback included, with every URL's credentials redacted (ComfyUI's lines too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 class JobLog(logging.LoggerAdapter):

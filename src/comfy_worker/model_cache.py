@@ -33,6 +33,7 @@ import requests
 from .errors import InvalidInput, ModelDownloadFailed, WorkerError
 from .model_urls import MODEL_FOLDERS, ModelRef
 from .settings import S3Config
+from .url_guard import AddressRefused, UrlGuard, guarded_session, refused_cause
 
 log = logging.getLogger("comfy_worker.models")
 
@@ -56,8 +57,10 @@ class Credentials:
 
 
 class ModelCache:
-    def __init__(self, root: Path, max_bytes: int, max_file_bytes: int, timeout_s: float) -> None:
+    def __init__(self, root: Path, max_bytes: int, max_file_bytes: int, timeout_s: float,
+                 url_guard: UrlGuard) -> None:
         self.root = root
+        self.url_guard = url_guard  # http(s) model URLs and their redirects reach only the addresses it allows
         self.blobs = root / "blobs"
         self.models = root / "models"
         self.max_bytes = max_bytes
@@ -70,6 +73,7 @@ class ModelCache:
         self.blobs.mkdir(parents=True, exist_ok=True)
         for folder in MODEL_FOLDERS:
             (self.models / folder).mkdir(parents=True, exist_ok=True)
+        self._remove_stale_parts()
 
     def write_extra_model_paths(self, path: Path) -> Path:
         """An extra_model_paths.yaml that shows the cached files to ComfyUI."""
@@ -97,6 +101,7 @@ class ModelCache:
             self.release(tuple(held))
             raise
         self._evict()
+        self._remove_stale_parts()
         return Fetched(tuple(held), round((time.monotonic() - started) * 1000, 1), tuple(downloaded))
 
     def release(self, keys: tuple[str, ...]) -> None:
@@ -136,6 +141,7 @@ class ModelCache:
             if not blob.exists():
                 return self._obtain(ref, credentials, progress, job_log)
         self._check_access(ref, credentials, job_log)
+        self._check_pin(ref, blob)
         os.utime(blob)  # least recently used is by modification time, shared with other workers on the volume
         return False
 
@@ -144,21 +150,37 @@ class ModelCache:
         """Downloads under a file lock, so that workers sharing the volume fetch a URL once. False when another
         process finished it while this one waited for the lock."""
         blob = self.blobs / ref.key
-        with open(self.blobs / f"{ref.key}.lock", "w") as lock:
+        with self._file_lock(ref.key):
+            if blob.exists():
+                return False
+            job_log.info("downloading %s into the model cache", ref.shown_url)
+            started = time.monotonic()
+            size = self._download(ref, credentials, blob, progress)
+            seconds = time.monotonic() - started
+            job_log.info("downloaded %s: %.1f MB in %.1f s", ref.shown_url, size / 1e6, seconds)
+            with self._lock:
+                self.downloads += 1
+            return True
+
+    @contextlib.contextmanager
+    def _file_lock(self, key: str) -> Iterator[None]:
+        """An exclusive flock on blobs/<key>.lock, whose holder removes the file before it lets go, so lock files
+        never pile up. A waiter that got the lock of a file already removed locks the new one instead."""
+        path = self.blobs / f"{key}.lock"
+        while True:
+            lock = open(path, "a")  # noqa: SIM115 - held across the yield
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                if blob.exists():
-                    return False
-                job_log.info("downloading %s into the model cache", ref.shown_url)
-                started = time.monotonic()
-                size = self._download(ref, credentials, blob, progress)
-                seconds = time.monotonic() - started
-                job_log.info("downloaded %s: %.1f MB in %.1f s", ref.shown_url, size / 1e6, seconds)
-                with self._lock:
-                    self.downloads += 1
-                return True
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            lock.close()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            lock.close()  # releases the flock
 
     def _download(self, ref: ModelRef, credentials: Credentials, blob: Path, progress: Progress) -> int:
         part = blob.with_name(f"{blob.name}.part-{uuid.uuid4().hex[:8]}")
@@ -191,6 +213,8 @@ class ModelCache:
             blob.with_name(f"{blob.name}.json").write_text(json.dumps(meta))
             os.replace(part, blob)  # complete and checked: only now under its final name
             return written
+        except AddressRefused as error:
+            raise InvalidInput(f"downloading {ref.shown_url} was refused: {error}") from None
         except requests.RequestException as error:
             raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: {type(error).__name__}") from None
         finally:
@@ -211,7 +235,8 @@ class ModelCache:
                 yield _chunks(body), size, True
             return
         url, headers = http_request(ref, credentials)
-        with requests.get(url, headers=headers, stream=True, timeout=(15, 120)) as response:
+        with guarded_session(self.url_guard) as session, \
+                session.get(url, headers=headers, stream=True, timeout=(15, 120)) as response:
             if response.status_code != 200:
                 raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: HTTP {response.status_code}")
             length = response.headers.get("content-length")
@@ -231,11 +256,14 @@ class ModelCache:
                 s3_object(ref, credentials.s3, head_only=True)
                 return
             url, headers = http_request(ref, credentials)
-            answer = requests.get(url, headers={**headers, "Range": "bytes=0-0"}, stream=True, timeout=30)
-            answer.close()
+            with guarded_session(self.url_guard) as session:
+                answer = session.get(url, headers={**headers, "Range": "bytes=0-0"}, stream=True, timeout=30)
+                answer.close()
             if answer.status_code in (200, 206):
                 return
             status = f"HTTP {answer.status_code}"
+        except AddressRefused as error:
+            raise InvalidInput(f"{ref.shown_url} was refused: {error}") from None
         except ModelDownloadFailed as error:
             status = str(error)
         except requests.RequestException as error:
@@ -243,6 +271,24 @@ class ModelCache:
         job_log.warning("refused the cached %s: this job's credentials do not reach it (%s)", ref.shown_url, status)
         raise InvalidInput(f"{ref.shown_url} needs credentials that this job does not have ({status}): give them in "
                            "its 'models' entry ('headers') or in 's3'")
+
+    def _check_pin(self, ref: ModelRef, blob: Path) -> None:
+        """A cached file serves a job that pins its sha256 only if its digest, kept when it was downloaded and
+        checked, is that one. The file is never replaced under jobs that may use it: the job is refused."""
+        if not ref.sha256:
+            return
+        try:
+            meta = json.loads((self.blobs / f"{ref.key}.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        digest = meta.get("sha256") if meta.get("bytes") == blob.stat().st_size else None
+        if digest is None:  # no kept digest, or one for another size: hash the file itself
+            digest = file_sha256(blob)
+        if digest != ref.sha256:
+            raise InvalidInput(
+                f"the cached copy of {ref.shown_url} has sha256 {digest}, not the {ref.sha256} this job pins: the URL "
+                "served other content when it was cached. It was not used; to fetch the URL again as a new file, "
+                "make the URL differ (e.g. add '?sha256=<the pin>')")
 
     # --- where ComfyUI finds it ------------------------------------------------------------------------------------
     def _link(self, ref: ModelRef) -> None:
@@ -260,6 +306,15 @@ class ModelCache:
             os.replace(temporary, link)
 
     # --- size ------------------------------------------------------------------------------------------------------
+    def _remove_stale_parts(self) -> None:
+        """Partial downloads of a process that died: a part unwritten for longer than a whole download may take."""
+        now = time.time()
+        for part in self.blobs.glob("*.part-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - part.stat().st_mtime > self.timeout_s:
+                    part.unlink()
+                    log.info("model cache: removed %s, a partial download abandoned", part.name)
+
     def _evict(self) -> None:
         """Removes the least recently used blobs (and their links) not in use, until the cache fits its limit."""
         with self._lock:
@@ -302,15 +357,15 @@ def http_request(ref: ModelRef, credentials: Credentials) -> tuple[str, dict[str
 
 
 def s3_object(ref: ModelRef, config: S3Config | None, head_only: bool = False) -> tuple[BinaryIO, int | None]:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from .s3 import client as s3_client  # boto3 is slow to import and only needed here
 
     if config is None:
         raise ModelDownloadFailed(f"{ref.shown_url} needs S3 credentials: give 's3' in the job or set BUCKET_*")
     parts = urlsplit(ref.url)
     bucket, key = parts.netloc, parts.path.lstrip("/")
-    client = boto3.client("s3", endpoint_url=config.endpoint_url, aws_access_key_id=config.access_key_id,
-                          aws_secret_access_key=config.secret_access_key, region_name=config.region)
+    client = s3_client(config)
     try:
         if head_only:
             client.head_object(Bucket=bucket, Key=key)
@@ -321,8 +376,20 @@ def s3_object(ref: ModelRef, config: S3Config | None, head_only: bool = False) -
         raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: HTTP {status} "
                                   f"({error.response.get('Error', {}).get('Code')})") from None
     except BotoCoreError as error:
+        refused = refused_cause(error)
+        if refused is not None:
+            raise InvalidInput(f"downloading {ref.shown_url} from the job's S3 endpoint was refused: "
+                               f"{refused}") from None
         raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: {type(error).__name__}") from None
     return answer["Body"], answer.get("ContentLength")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _chunks(body: Any) -> Iterator[bytes]:

@@ -11,7 +11,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import InvalidInput
-from .file_names import check_file_name
+from .file_names import MODEL_EXTENSIONS, check_model_name
+from .redaction import redact_url
 
 SCHEMES = ("http", "https", "s3", "hf")
 MODEL_FOLDERS = (
@@ -48,9 +49,8 @@ class ModelRef:
 
     @property
     def shown_url(self) -> str:
-        """The URL without its query string, which may carry a signature or a token: safe to log and return."""
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}{parts.path}"
+        """The URL with its credentials (user:password@, signatures, tokens) redacted: safe to log and return."""
+        return redact_url(self.url)
 
 
 def url_key(url: str) -> str:
@@ -72,8 +72,7 @@ def parse_models(raw: Any) -> tuple[ModelRef, ...]:
         folder = item.get("folder")
         if folder not in MODEL_FOLDERS:
             raise InvalidInput(f"{where}: 'folder' must be one of {', '.join(MODEL_FOLDERS)}, not {folder!r}")
-        name = item.get("name", default_name(url))
-        check_file_name(name, where)
+        name = check_model_name(item.get("name", default_name(url)), where, folder)
         digest = item.get("sha256")
         if digest is not None and (not isinstance(digest, str) or not SHA256.match(digest)):
             raise InvalidInput(f"{where}: 'sha256' must be 64 hexadecimal digits")
@@ -119,7 +118,16 @@ def rewrite_workflow_urls(workflow: dict[str, Any]) -> tuple[dict[str, Any], tup
                 continue  # a URL in another kind of input (a prompt, an image loader) is not a model
             where = f"workflow node {node_id} ({node.get('class_type')}) input '{name}'"
             url = check_url(value, where)
-            ref = ModelRef(url, folder, f"{url_key(url)[:12]}-{default_name(url)}")
+            try:
+                cached_name = check_model_name(f"{url_key(url)[:12]}-{default_name(url)}", where, folder)
+            except InvalidInput:
+                raise InvalidInput(
+                    f"{where}: the URL {redact_url(url)} does not end in a model file name "
+                    f"({', '.join(MODEL_EXTENSIONS)}), so ComfyUI would not list the file: name it in 'models' "
+                    f"({{\"url\": ..., \"folder\": \"{folder}\", \"name\": \"my-model.safetensors\"}}) and put "
+                    "that name in the input"
+                ) from None
+            ref = ModelRef(url, folder, cached_name)
             refs.append(ref)
             changed[name] = ref.name
         rewritten[node_id] = {**node, "inputs": changed} if changed != inputs else node

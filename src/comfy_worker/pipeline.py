@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ from .errors import (
     ExecutionFailed,
     InstanceDied,
     InstanceUnavailable,
+    InvalidInput,
     JobTimedOut,
     WorkerError,
     WorkerNotReady,
@@ -34,6 +34,7 @@ from .gpus import Gpu
 from .image_format import convert_images
 from .input_files import decode_input_file
 from .instance import ComfyInstance
+from .job_files import remove_new, snapshot
 from .job_input import JobRequest, parse_job_input, wants_refresh
 from .logs import JobLog
 from .model_affinity import models_in
@@ -43,9 +44,11 @@ from .outputs import OutputFile, OutputText, find_outputs
 from .prefetch import Prefetcher
 from .progress import ProgressReporter, Sender, runpod_sender
 from .recovery import out_of_memory_error, restart_if_hung, retry_reason
+from .redaction import redact_text, redact_url
 from .scheduler import Scheduler
 from .settings import Settings
 from .slow_paths import slow_path_warnings
+from .url_guard import AddressRefused
 from .vram import model_roots
 from .warmup import load_warmup_workflow
 from .workflow_rewrite import isolate_outputs, job_folder_name
@@ -86,7 +89,8 @@ class Worker:
         started = time.monotonic()
         try:
             self.model_cache = ModelCache(self.settings.model_cache_dir, self.settings.model_cache_max_bytes,
-                                          self.settings.model_max_file_bytes, self.settings.model_download_timeout_s)
+                                          self.settings.model_max_file_bytes, self.settings.model_download_timeout_s,
+                                          self.settings.url_guard)
             cache_paths = self.model_cache.write_extra_model_paths(self.settings.work_dir / "model_cache_paths.yaml")
             self.model_roots = model_roots(self.settings.comfyui_dir, (*self.settings.extra_model_paths, cache_paths))
             self._read_ahead_warmup()
@@ -140,12 +144,11 @@ class Worker:
         started = time.monotonic()
         timeout_s = self.settings.job_timeout_s
         try:
-            outcome = self._execute(instance, request, [], started + timeout_s, timeout_s, threading.Event(),
+            self._execute(instance, request, [], started + timeout_s, timeout_s, threading.Event(),
                                     ProgressReporter({}, instance.label, 1e9, None), job_log)
         except (WorkerError, JobCancelled) as error:
             job_log.error("warm-up failed: %s", error)
             return f"{instance.label} failed"
-        self._clean_outputs(instance, outcome)
         assert self.scheduler is not None
         self.scheduler.remember_models(instance.spec.index, models_in(request.workflow))
         return f"{instance.label} {time.monotonic() - started:.1f} s"
@@ -170,15 +173,16 @@ class Worker:
             result = await self._run(job, job_id, job_log)
         except WorkerError as error:
             job_log.error("failed: %s", error)
-            result = {"error": str(error)}
+            result = {"error": redact_text(str(error))}
             if error.details:
-                result["details"] = error.details
+                result["details"] = [redact_text(line) for line in error.details]
         except asyncio.CancelledError:
             job_log.warning("cancelled")
             raise
         except Exception as error:
             job_log.exception("internal error")
-            result = {"error": f"internal worker error ({type(error).__name__}: {error}); the worker keeps serving"}
+            result = {"error": redact_text(f"internal worker error ({type(error).__name__}: {error}); the worker "
+                                           "keeps serving")}
         if self.settings.refresh_worker or wants_refresh(job.get("input")):
             job_log.info("refresh_worker: RunPod ends this worker after the job")
             result["refresh_worker"] = True  # the RunPod SDK takes it out of the output and stops the worker
@@ -188,7 +192,7 @@ class Worker:
         received = time.monotonic()
         if self.startup_error or self.scheduler is None:
             raise WorkerNotReady(f"the worker failed to start: {self.startup_error or 'not started'}")
-        request = parse_job_input(job.get("input"))
+        request = parse_job_input(job.get("input"), self.settings.url_guard)
         self.read_ahead(request.workflow, job_id)
         timeout_s = request.timeout_s or self.settings.job_timeout_s
         deadline = received + timeout_s
@@ -248,12 +252,9 @@ class Worker:
                 self.scheduler.remember_models(instance.spec.index, models)
         warnings += outcome.warnings
 
-        try:
-            started = time.monotonic()
-            delivery = await loop.run_in_executor(self._executor, self._deliver, outcome, request, job_log.job_id)
-            delivery_ms = _ms_since(started)
-        finally:
-            await loop.run_in_executor(self._executor, self._clean_outputs, instance, outcome)
+        started = time.monotonic()
+        delivery = await loop.run_in_executor(self._executor, self._deliver, outcome, request, job_log.job_id)
+        delivery_ms = _ms_since(started)
 
         timings = {
             "queue_wait_ms": round(lease.wait_ms, 1),
@@ -277,7 +278,7 @@ class Worker:
             "timings": timings,
             "metrics": self.scheduler.snapshot(),
             "models_downloaded": list(fetched.downloaded),
-            "warnings": warnings + delivery.warnings,
+            "warnings": [redact_text(w) for w in warnings + delivery.warnings],
         }
 
     async def _recover(self, instance: ComfyInstance, error: WorkerError, request: JobRequest, retried: bool,
@@ -307,9 +308,17 @@ class Worker:
         return next((g for g in self.fleet.gpus if g.index == instance.spec.gpu), None)
 
     def _decode_inputs(self, request: JobRequest) -> list[tuple[str, bytes]]:
+        """The job's input files, after its own S3 endpoint is checked: both before any work starts."""
+        if request.s3 is not None and request.s3.guard is not None:
+            try:
+                request.s3.guard.check_url(request.s3.endpoint_url)
+            except AddressRefused as error:
+                raise InvalidInput(f"'s3.endpoint_url' {redact_url(request.s3.endpoint_url)} was refused: "
+                                   f"{error}") from None
         return [
             (item.name, decode_input_file(item, max_bytes=self.settings.max_input_file_bytes,
-                                          url_timeout_s=self.settings.input_url_timeout_s))
+                                          url_timeout_s=self.settings.input_url_timeout_s,
+                                          url_guard=self.settings.url_guard))
             for item in request.files
         ]
 
@@ -343,6 +352,17 @@ class Worker:
 
     def _execute(self, instance: ComfyInstance, request: JobRequest, inputs, deadline, timeout_s, stop, reporter,
                  job_log) -> RunOutcome:
+        """Runs the job on its instance and reads its outputs into memory; then every file the job caused in the
+        instance's folders is removed (job_files), whatever happened."""
+        before = snapshot(instance.dirs)
+        try:
+            return self._execute_job(instance, request, inputs, deadline, timeout_s, stop, reporter, job_log)
+        finally:
+            self._remove_inputs(instance, inputs)
+            remove_new(instance.dirs, before)
+
+    def _execute_job(self, instance: ComfyInstance, request: JobRequest, inputs, deadline, timeout_s, stop, reporter,
+                     job_log) -> RunOutcome:
         client = instance.client
         launches = instance.launches
         log_mark = instance.lines_logged
@@ -352,6 +372,9 @@ class Worker:
         follower: PromptFollower | None = None
         try:
             for name, data in inputs:
+                if (instance.dirs.input / name).is_dir():  # ComfyUI would answer HTTP 500
+                    raise InvalidInput(f"input file {name!r} has the name of a folder in ComfyUI's input folder: "
+                                       "give the file another name")
                 client.upload_input(name, data)
             timings["upload_ms"] = _ms_since(started)
             workflow = isolate_outputs(request.workflow, job_folder)
@@ -365,7 +388,6 @@ class Worker:
             finally:
                 follower.close()
         except BaseException as error:
-            shutil.rmtree(instance.dirs.output / job_folder, ignore_errors=True)  # a failed job's partial outputs
             if isinstance(error, JobCancelled):
                 raise asyncio.CancelledError() from None
             if isinstance(error, InstanceUnavailable):
@@ -374,8 +396,6 @@ class Worker:
             if isinstance(error, ExecutionFailed):  # ComfyUI's exception text names files by their host paths
                 error.args = (strip_host_paths(str(error), (self.settings.work_dir, self.settings.comfyui_dir)),)
             raise
-        finally:
-            self._remove_inputs(instance, inputs)
         timings.update(_execution_timings(execution, request.workflow))
         gpu_mib = self._gpu_memory_mib(instance)
         warnings = warnings + slow_path_warnings(
@@ -430,15 +450,6 @@ class Worker:
         for name, _ in inputs:
             with contextlib.suppress(OSError):
                 (instance.dirs.input / name).unlink()
-
-    @staticmethod
-    def _clean_outputs(instance: ComfyInstance, outcome: RunOutcome) -> None:
-        for output, _ in outcome.files:
-            if output.folder_type == "temp":
-                with contextlib.suppress(OSError, ValueError):
-                    output.path_in(instance.dirs).unlink()
-        if outcome.job_folder:
-            shutil.rmtree(instance.dirs.output / outcome.job_folder, ignore_errors=True)
 
     def _count_job(self) -> None:
         self.jobs_done += 1

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from .url_guard import UrlGuard
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -88,6 +90,11 @@ VARIABLES: tuple[Variable, ...] = (
              "Seconds without a websocket message after which /history is polled.", "jobs"),
     Variable("MAX_INPUT_FILE_MB", "50", "Largest input file (`images` entry) accepted, decoded.", "jobs"),
     Variable("INPUT_URL_TIMEOUT_S", "30", "Time limit for fetching an input given as an http(s) URL.", "jobs"),
+    Variable("ALLOW_PRIVATE_URLS", "",
+             "Private addresses a job's URLs (input files, models, its own `s3.endpoint_url`) may reach. Empty: "
+             "none; loopback, private, link-local (169.254.169.254), unique-local, multicast and unspecified "
+             "addresses are refused. 1 or true: all of them. Otherwise hosts and CIDR ranges separated by commas, "
+             "e.g. minio.internal,10.0.0.0/8. The worker's own BUCKET_ENDPOINT_URL is always trusted.", "jobs"),
     Variable("PROGRESS_INTERVAL_S", "1", "Least time between two progress updates sent to RunPod.", "jobs"),
     Variable("RETRY_LOST_JOBS", "1",
              "Run a job once more, on another instance, when its instance died before the job produced any "
@@ -152,6 +159,7 @@ class S3Config:
     prefix: str = ""
     region: str | None = None
     url_expiry_s: int = 604800
+    guard: UrlGuard | None = None  # set on a job's own endpoint, whose connections are checked; None: the worker's
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,7 @@ class Settings:
     websocket_quiet_s: float
     max_input_file_bytes: int
     input_url_timeout_s: float
+    url_guard: UrlGuard
     progress_interval_s: float
     metrics_log_every: int
     retry_lost_jobs: bool
@@ -345,6 +354,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         websocket_quiet_s=number("WEBSOCKET_QUIET_S", 2, minimum=0.1),
         max_input_file_bytes=int(number("MAX_INPUT_FILE_MB", 50, minimum=0.001) * 1_000_000),
         input_url_timeout_s=number("INPUT_URL_TIMEOUT_S", 30, minimum=1),
+        url_guard=_url_guard(raw("ALLOW_PRIVATE_URLS")),
         progress_interval_s=number("PROGRESS_INTERVAL_S", 1),
         metrics_log_every=integer("METRICS_LOG_EVERY", 10, minimum=1),
         retry_lost_jobs=flag("RETRY_LOST_JOBS", True),
@@ -364,6 +374,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=(raw("LOG_LEVEL") or "INFO").upper(),
         send_progress=bool(raw("RUNPOD_WEBHOOK_POST_OUTPUT")),
     )
+
+
+def _url_guard(text: str) -> UrlGuard:
+    try:
+        return UrlGuard.parse(text)
+    except ValueError as error:
+        raise SettingsError(f"ALLOW_PRIVATE_URLS: {error}; use 1, or hosts and CIDR ranges separated by "
+                            "commas") from None
 
 
 def _s3_from(raw, integer) -> S3Config | None:

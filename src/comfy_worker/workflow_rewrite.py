@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 PREFIX_INPUT = "filename_prefix"
+DEFAULT_PREFIX = "ComfyUI"
 
 
 def job_folder_name(job_id: str) -> str:
@@ -27,8 +28,15 @@ def isolate_outputs(workflow: dict[str, Any], folder: str) -> dict[str, Any]:
     for node in rewritten.values():
         inputs = node.get("inputs")
         if isinstance(inputs, dict) and isinstance(inputs.get(PREFIX_INPUT), str):
-            inputs[PREFIX_INPUT] = f"{folder}/{inputs[PREFIX_INPUT].lstrip('/')}"
+            inputs[PREFIX_INPUT] = f"{folder}/{inside_prefix(inputs[PREFIX_INPUT])}"
     return rewritten
+
+
+def inside_prefix(prefix: str) -> str:
+    """A filename_prefix that stays inside the job's folder: no '..', '.', empty or absolute parts (which would
+    put the file beside the folder, where it is never removed); an empty name becomes ComfyUI's own default."""
+    parts = [p for p in prefix.replace("\\", "/").split("/") if p.strip() not in ("", ".", "..")]
+    return "/".join(parts) or DEFAULT_PREFIX
 
 
 def user_subfolder(subfolder: str, folder: str) -> str:
