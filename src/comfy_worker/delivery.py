@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import DeliveryFailed
-from .outputs import OutputFile, OutputText
+from .outputs import OutputData, OutputFile, OutputText, data_bytes, data_size
 from .settings import S3Config
 
 JSON_HEADROOM_BYTES = 64_000  # the rest of the response: metrics, timings, names
@@ -48,7 +49,7 @@ def base64_size(n_bytes: int) -> int:
 
 
 def deliver(
-    files: list[tuple[OutputFile, bytes]],
+    files: list[tuple[OutputFile, OutputData]],
     texts: list[OutputText],
     *,
     job_id: str,
@@ -57,7 +58,7 @@ def deliver(
     bucket: S3Config | None,
     local_dir: Path | None = None,
 ) -> Delivery:
-    inline = sum(base64_size(len(data)) for _, data in files) + sum(len(t.text) for t in texts)
+    inline = sum(base64_size(data_size(data)) for _, data in files) + sum(len(t.text) for t in texts)
     mode = choose_mode(requested_mode, inline, limit_bytes, bucket is not None)
     delivery = Delivery(mode=mode)
     if mode == "base64" and inline + JSON_HEADROOM_BYTES > limit_bytes:
@@ -77,7 +78,7 @@ def deliver(
             item.update(type="s3_url", data=s3.upload(bucket, s3.object_key(bucket, job_id, output.name), data,
                                                        output.content_type))
         else:
-            item.update(type="base64", data=base64.b64encode(data).decode("ascii"))
+            item.update(type="base64", data=base64.b64encode(data_bytes(data)).decode("ascii"))
         delivery.outputs.setdefault(output.kind, []).append(item)
         if local_dir is not None:
             _save_locally(local_dir / job_id, output, data)
@@ -87,7 +88,10 @@ def deliver(
     return delivery
 
 
-def _save_locally(folder: Path, output: OutputFile, data: bytes) -> None:
+def _save_locally(folder: Path, output: OutputFile, data: OutputData) -> None:
     path = folder / output.name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    if isinstance(data, Path):
+        shutil.copyfile(data, path)
+    else:
+        path.write_bytes(data)

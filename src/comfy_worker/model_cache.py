@@ -302,15 +302,15 @@ def http_request(ref: ModelRef, credentials: Credentials) -> tuple[str, dict[str
 
 
 def s3_object(ref: ModelRef, config: S3Config | None, head_only: bool = False) -> tuple[BinaryIO, int | None]:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from . import s3  # boto3 is slow to import and only needed here
 
     if config is None:
         raise ModelDownloadFailed(f"{ref.shown_url} needs S3 credentials: give 's3' in the job or set BUCKET_*")
     parts = urlsplit(ref.url)
     bucket, key = parts.netloc, parts.path.lstrip("/")
-    client = boto3.client("s3", endpoint_url=config.endpoint_url, aws_access_key_id=config.access_key_id,
-                          aws_secret_access_key=config.secret_access_key, region_name=config.region)
+    client = s3.client(config)
     try:
         if head_only:
             client.head_object(Bucket=bucket, Key=key)

@@ -37,7 +37,7 @@ from .job_input import JobRequest, parse_job_input, wants_refresh
 from .logs import JobLog
 from .model_affinity import models_in
 from .model_cache import Credentials, Fetched, ModelCache
-from .outputs import OutputFile, OutputText, find_outputs
+from .outputs import OutputData, OutputFile, OutputText, find_outputs, read_output
 from .progress import ProgressReporter, Sender, runpod_sender
 from .recovery import out_of_memory_error, restart_if_hung, retry_reason
 from .scheduler import Scheduler
@@ -54,7 +54,7 @@ class RunOutcome:
     """What one job produced on its instance, read into memory before the instance is handed to the next job."""
 
     execution: Execution
-    files: list[tuple[OutputFile, bytes]]
+    files: list[tuple[OutputFile, OutputData]]  # large files stay on disk until delivered
     texts: list[OutputText]
     warnings: list[str]
     timings: dict[str, Any] = field(default_factory=dict)
@@ -365,7 +365,7 @@ class Worker:
         read = []
         for output in files:
             try:
-                read.append((output, output.path_in(instance.dirs).read_bytes()))
+                read.append((output, read_output(output, instance.dirs)))
             except (OSError, ValueError) as error:
                 warnings.append(f"output {output.name} of node {output.node_id} could not be read: {error}")
         timings["collect_ms"] = _ms_since(started)
