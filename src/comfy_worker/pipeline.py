@@ -248,6 +248,7 @@ class Worker:
         return {
             "images": [],
             **delivery.outputs,
+            "outputs": delivery.typed,
             "output_mode": delivery.mode,
             "gpu": instance.spec.gpu,
             "instance": instance.label,
