@@ -160,7 +160,7 @@ def test_malformed_jobs_get_string_errors_and_the_worker_keeps_serving(worker, r
     def one(raw):
         tried["worker"] += 1
         result = run(worker.handle({"id": "fuzz", "input": raw}))
-        assert set(result) <= {"error", "details", "refresh_worker"}, result
+        assert set(result) <= {"error", "details", "refresh_worker", "status"} and result["status"] == "failed", result
         assert isinstance(result["error"], str) and len(result["error"]) > 15, result
 
     one()

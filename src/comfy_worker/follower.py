@@ -191,6 +191,7 @@ class PromptFollower:
             on_progress({"node": str(node), "class_type": _class_of(workflow, str(node))})
         elif kind == "execution_cached":
             cached.extend(str(n) for n in data.get("nodes") or [])
+            on_progress({"cached_nodes": [str(n) for n in data.get("nodes") or []]})
         elif kind == "progress":
             node, value, total = str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 0))
             record = sampling.get(node)

@@ -8,7 +8,7 @@ import io
 from pathlib import PurePosixPath
 
 from .errors import InvalidInput
-from .outputs import OutputFile
+from .outputs import OutputData, OutputFile, data_bytes
 
 IMAGE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
 FORMAT_ALIASES = {"jpg": "jpeg"}
@@ -32,8 +32,8 @@ def parse_image_format(value: object, quality: object) -> tuple[str, int]:
 
 
 def convert_images(
-    files: list[tuple[OutputFile, bytes]], image_format: str, quality: int
-) -> tuple[list[tuple[OutputFile, bytes]], list[str]]:
+    files: list[tuple[OutputFile, OutputData]], image_format: str, quality: int
+) -> tuple[list[tuple[OutputFile, OutputData]], list[str]]:
     """Re-encodes every still image to `image_format`; returns the files and a warning for any it could not read."""
     if image_format == "png":
         return files, []
@@ -47,7 +47,7 @@ def convert_images(
             converted.append((output, data))
             continue
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data_bytes(data))) as image:
                 if image_format == "jpeg" and image.mode not in ("RGB", "L"):
                     image = image.convert("RGB")  # JPEG has no alpha channel
                 buffer = io.BytesIO()

@@ -18,6 +18,9 @@ from .workflow_rewrite import user_subfolder
 FILE_KEYS = {"images": "images", "gifs": "gifs", "audio": "audio", "video": "videos", "videos": "videos", "3d": "3d"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
 FOLDER_OF_TYPE = {"output": "output", "temp": "temp", "input": "input"}
+IN_MEMORY_MAX_BYTES = 16 * 1024 * 1024  # a larger output stays on disk until it is delivered (streamed to S3)
+
+OutputData = bytes | Path  # an output's content, or the saved file when it is too large to hold in memory
 
 mimetypes.add_type("image/webp", ".webp")
 mimetypes.add_type("audio/flac", ".flac")
@@ -51,6 +54,23 @@ class OutputFile:
         if not path.is_relative_to(base):
             raise ValueError(f"output {self.filename!r} points outside the instance's {self.folder_type} folder")
         return path
+
+
+def read_output(output: OutputFile, dirs: InstanceDirs) -> OutputData:
+    """The output's bytes, or its path when it is large. Only files in the job's own output folder stay on disk:
+    that folder is the job's until delivery, while temp files can be cleared by an instance restart."""
+    path = output.path_in(dirs)
+    if output.folder_type == "output" and path.stat().st_size > IN_MEMORY_MAX_BYTES:
+        return path
+    return path.read_bytes()
+
+
+def data_size(data: OutputData) -> int:
+    return data.stat().st_size if isinstance(data, Path) else len(data)
+
+
+def data_bytes(data: OutputData) -> bytes:
+    return data.read_bytes() if isinstance(data, Path) else data
 
 
 @dataclass(frozen=True)

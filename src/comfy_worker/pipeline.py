@@ -40,9 +40,9 @@ from .logs import JobLog
 from .model_affinity import models_in
 from .model_cache import Credentials, Fetched, ModelCache
 from .model_files import workflow_model_files
-from .outputs import OutputFile, OutputText, find_outputs
+from .outputs import OutputData, OutputFile, OutputText, find_outputs, read_output
 from .prefetch import Prefetcher
-from .progress import ProgressReporter, Sender, runpod_sender
+from .progress import ProgressReporter, Sender, final_status, queued_payload, runpod_sender
 from .recovery import out_of_memory_error, restart_if_hung, retry_reason
 from .redaction import redact_text, redact_url
 from .scheduler import Scheduler
@@ -61,7 +61,7 @@ class RunOutcome:
     """What one job produced on its instance, read into memory before the instance is handed to the next job."""
 
     execution: Execution
-    files: list[tuple[OutputFile, bytes]]
+    files: list[tuple[OutputFile, OutputData]]  # large files stay on disk until delivered
     texts: list[OutputText]
     warnings: list[str]
     timings: dict[str, Any] = field(default_factory=dict)
@@ -183,6 +183,7 @@ class Worker:
             job_log.exception("internal error")
             result = {"error": redact_text(f"internal worker error ({type(error).__name__}: {error}); the worker "
                                            "keeps serving")}
+        result["status"] = final_status(result)
         if self.settings.refresh_worker or wants_refresh(job.get("input")):
             job_log.info("refresh_worker: RunPod ends this worker after the job")
             result["refresh_worker"] = True  # the RunPod SDK takes it out of the output and stops the worker
@@ -230,13 +231,15 @@ class Worker:
         models = models_in(request.workflow)
         failed_on: set[int] = set()
         outcome: RunOutcome | None = None
+        if self.progress_sender and _must_wait(self.scheduler, request.gpu):
+            self.progress_sender(job, queued_payload(time.monotonic() - received, "a free instance"))
         while outcome is None:
             async with self.scheduler.lease(request.gpu, health_wait_s, models, frozenset(failed_on)) as lease:
                 instance = lease.instance
                 job_log.instance = instance.label
                 job_log.info("running on %s (waited %.0f ms)", instance.label, lease.wait_ms)
                 reporter = ProgressReporter(job, instance.label, self.settings.progress_interval_s,
-                                            self.progress_sender)
+                                            self.progress_sender, len(request.workflow), received)
                 try:
                     outcome = await self._run_on_instance(
                         instance, lease.wait_ms, request, inputs, deadline, timeout_s, reporter, job_log
@@ -270,6 +273,7 @@ class Worker:
         return {
             "images": [],
             **delivery.outputs,
+            "outputs": delivery.typed,
             "output_mode": delivery.mode,
             "gpu": instance.spec.gpu,
             "instance": instance.label,
@@ -406,7 +410,7 @@ class Worker:
         read = []
         for output in files:
             try:
-                read.append((output, output.path_in(instance.dirs).read_bytes()))
+                read.append((output, read_output(output, instance.dirs)))
             except (OSError, ValueError) as error:
                 warnings.append(f"output {output.name} of node {output.node_id} could not be read: {error}")
         timings["collect_ms"] = _ms_since(started)
@@ -470,6 +474,12 @@ def _tuning_report(instance: ComfyInstance) -> dict[str, Any]:
         "torch": switches.get("torch", {}),
         "compiled_models": switches.get("compiled_models", 0),
     }
+
+
+def _must_wait(scheduler: Scheduler, pin: int | None) -> bool:
+    """Whether a job would queue behind another: its pinned instance, or every healthy one, is busy."""
+    indexes = [pin] if pin is not None and pin < len(scheduler.instances) else range(len(scheduler.instances))
+    return all(scheduler.load(i) > 0 for i in indexes if scheduler.instances[i].healthy)
 
 
 def phase_of(class_type: str, sampling_node: bool) -> str:
