@@ -12,7 +12,8 @@ from .errors import InstanceUnavailable, WorkerNotReady
 from .gpus import Gpu, detect_gpus
 from .instance import ComfyInstance, InstanceSpec
 from .settings import Settings
-from .tuning import WORKER_NODES_DIR, node_request, plan_launch_tuning
+from .tuning import WORKER_NODES_DIR, LaunchTuning, node_request, plan_launch_tuning
+from .warmup import warmup_model_files
 
 log = logging.getLogger("comfy_worker.fleet")
 
@@ -49,7 +50,7 @@ class Fleet:
         self.gpus = detect_gpus() if gpus is None else gpus
         model_paths = [*settings.extra_model_paths, *more_model_paths, write_custom_nodes_config(settings)]
         specs = plan_instances(settings, self.gpus)
-        tunings = plan_launch_tuning(settings, self.gpus, [spec.gpu for spec in specs])
+        tunings = plan_launch_tuning(settings, self.gpus, [spec.gpu for spec in specs], warmup_model_files(settings))
         self.instances = [
             ComfyInstance(spec, settings, model_paths, tuning) for spec, tuning in zip(specs, tunings, strict=True)
         ]
@@ -117,6 +118,17 @@ class Fleet:
                 # Launched from this long-lived thread: a child dies with the thread that started it.
                 instance.launch()
                 threading.Thread(target=self._await_restart, args=(instance,), daemon=True).start()
+
+    def relaunch(self, instance: ComfyInstance, tuning: LaunchTuning) -> None:
+        """Restarts an instance with another launch tuning (another VRAM mode) and waits until it answers; called
+        by the job that leased it, so no other job is on it. Raises InstanceUnavailable if it does not come back
+        (then the watcher restarts it with the new tuning)."""
+        instance.stop()
+        instance.tuning = tuning
+        instance.launch()
+        error = self._wait_ready(instance)
+        if error is not None:
+            raise InstanceUnavailable(error)
 
     def _await_restart(self, instance: ComfyInstance) -> None:
         if self._wait_ready(instance) is None:

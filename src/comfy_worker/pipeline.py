@@ -48,6 +48,7 @@ from .redaction import redact_text, redact_url
 from .scheduler import Scheduler
 from .settings import Settings
 from .slow_paths import slow_path_warnings
+from .tuning import vram_switch
 from .url_guard import AddressRefused
 from .vram import model_roots
 from .warmup import load_warmup_workflow
@@ -367,10 +368,11 @@ class Worker:
 
     def _execute_job(self, instance: ComfyInstance, request: JobRequest, inputs, deadline, timeout_s, stop, reporter,
                      job_log) -> RunOutcome:
+        timings: dict[str, Any] = {}
+        vram_warnings = self._match_vram_mode(instance, request, timings, job_log)
         client = instance.client
         launches = instance.launches
         log_mark = instance.lines_logged
-        timings: dict[str, Any] = {}
         started = time.monotonic()
         job_folder = job_folder_name(job_log.job_id)
         follower: PromptFollower | None = None
@@ -402,7 +404,7 @@ class Worker:
             raise
         timings.update(_execution_timings(execution, request.workflow))
         gpu_mib = self._gpu_memory_mib(instance)
-        warnings = warnings + slow_path_warnings(
+        warnings = vram_warnings + warnings + slow_path_warnings(
             instance.lines_since(log_mark), request.workflow, gpu_mib, timings["phases_ms"], execution.execution_ms
         )
         started = time.monotonic()
@@ -416,6 +418,26 @@ class Worker:
         timings["collect_ms"] = _ms_since(started)
         client.forget(execution.prompt_id)
         return RunOutcome(execution, read, texts, warnings, timings, job_folder)
+
+    def _match_vram_mode(self, instance: ComfyInstance, request: JobRequest, timings: dict[str, Any],
+                         job_log: JobLog) -> list[str]:
+        """Restarts the instance in the VRAM mode this job's models need when its current one does not suit them
+        (--highvram for models that fit, dynamic loading for models that do not: vram.py)."""
+        gpu_mib = self._gpu_memory_mib(instance)
+        if self.fleet is None or gpu_mib is None:
+            return []
+        files = workflow_model_files(request.workflow, self.model_roots)
+        switched = vram_switch(self.settings, instance.tuning, gpu_mib << 20, files)
+        if switched is None or switched.vram is None:
+            return []
+        started = time.monotonic()
+        previous = instance.tuning.vram.mode if instance.tuning.vram else "?"
+        note = (f"{instance.label} restarted in VRAM mode {switched.vram.mode} for this job "
+                f"({switched.vram.reason}); it was in mode {previous}")
+        job_log.info("%s", note)
+        self.fleet.relaunch(instance, switched)
+        timings["vram_switch_ms"] = _ms_since(started)
+        return [f"{note}: {timings['vram_switch_ms'] / 1000:.1f} s"]
 
     def _gpu_memory_mib(self, instance: ComfyInstance) -> int | None:
         gpu = self._gpu_of(instance)

@@ -11,8 +11,9 @@ from typing import Any
 
 from .cpu_layout import CpuSet, available_cpus, gpu_numa_node, numa_node_cpus, plan_cpu_sets
 from .gpus import Gpu
+from .model_files import ModelFile
 from .settings import Settings
-from .vram import MODE_FLAGS, VramChoice, choose_vram_mode, largest_model_set_bytes, model_roots
+from .vram import MODE_FLAGS, VramChoice, job_vram_choice
 
 log = logging.getLogger("comfy_worker.tuning")
 
@@ -37,8 +38,10 @@ class LaunchTuning:
         return "; ".join(parts) or "ComfyUI defaults"
 
 
-def plan_launch_tuning(settings: Settings, gpus: list[Gpu], instance_gpus: list[int | None]) -> list[LaunchTuning]:
-    """One LaunchTuning per instance; CPU instances (tests, CPU-only machines) get none."""
+def plan_launch_tuning(settings: Settings, gpus: list[Gpu], instance_gpus: list[int | None],
+                       warmup_files: list[ModelFile] | None = None) -> list[LaunchTuning]:
+    """One LaunchTuning per instance; CPU instances (tests, CPU-only machines) get none. A GPU instance starts in
+    the VRAM mode the warm-up workflow's model files need (none: the card's size decides)."""
     by_index = {gpu.index: gpu for gpu in gpus}
     gpu_instances = [gpu for gpu in instance_gpus if gpu is not None]
     cpu_sets: list[CpuSet | None] = [None] * len(gpu_instances)
@@ -46,10 +49,8 @@ def plan_launch_tuning(settings: Settings, gpus: list[Gpu], instance_gpus: list[
         nodes = [gpu_numa_node(by_index[g].pci_bus_id) if g in by_index else None for g in gpu_instances]
         cpu_sets = list(plan_cpu_sets(available_cpus(), nodes, numa_node_cpus(), settings.worker_cpus,
                                       settings.threads_per_instance))
-    model_bytes = largest_model_set_bytes(model_roots(settings.comfyui_dir, settings.extra_model_paths)) \
-        if settings.vram_mode == "auto" and gpu_instances else 0
-    vram_flags = {flag for flags in MODE_FLAGS.values() for flag in flags}
-    user_vram_flags = [arg for arg in settings.extra_args if arg in vram_flags]
+    warmup_files = warmup_files or []
+    user_vram_flags = user_vram_flags_of(settings)
     user_malloc_flags = [arg for arg in settings.extra_args if arg in ("--cuda-malloc", "--disable-cuda-malloc")]
     result = []
     position = 0
@@ -61,7 +62,7 @@ def plan_launch_tuning(settings: Settings, gpus: list[Gpu], instance_gpus: list[
         if user_vram_flags:  # ComfyUI refuses two VRAM flags: the user's own wins
             vram = VramChoice("custom", (), f"COMFY_EXTRA_ARGS sets {' '.join(user_vram_flags)}")
         else:
-            vram = choose_vram_mode(settings.vram_mode, card.memory_total_mib << 20 if card else None, model_bytes)
+            vram = job_vram_choice(settings.vram_mode, card.memory_total_mib << 20 if card else None, warmup_files)
         cpu_set = cpu_sets[position] if position < len(cpu_sets) else None
         position += 1
         flags = list(vram.flags)
@@ -76,6 +77,24 @@ def plan_launch_tuning(settings: Settings, gpus: list[Gpu], instance_gpus: list[
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         result.append(LaunchTuning(tuple(flags), env, cpu_set, vram))
     return result
+
+
+def user_vram_flags_of(settings: Settings) -> list[str]:
+    vram_flags = {flag for flags in MODE_FLAGS.values() for flag in flags}
+    return [arg for arg in settings.extra_args if arg in vram_flags]
+
+
+def vram_switch(settings: Settings, tuning: LaunchTuning, vram_bytes: int | None, files: list[ModelFile]
+                ) -> LaunchTuning | None:
+    """The tuning an instance must be restarted with so that this job's models run in the mode they need; None when
+    its mode already suits them (or the mode is not the worker's to choose: COMFY_VRAM_MODE or the user's flags)."""
+    if settings.vram_mode != "auto" or tuning.vram is None or tuning.vram.mode == "custom" or vram_bytes is None:
+        return None
+    needed = job_vram_choice("auto", vram_bytes, files)
+    if not files or needed.mode == tuning.vram.mode:
+        return None
+    others = tuple(flag for flag in tuning.flags if flag not in tuning.vram.flags)
+    return LaunchTuning(needed.flags + others, tuning.env, tuning.cpu_set, needed)
 
 
 def node_request(settings: Settings, on_gpu: bool) -> dict[str, Any]:

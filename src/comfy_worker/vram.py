@@ -1,8 +1,13 @@
-"""ComfyUI's VRAM mode for each GPU: never a slow low-VRAM or dynamic path on a card that holds the models.
+"""ComfyUI's VRAM mode, chosen per job: never a slow low-VRAM or dynamic path for models the card holds, never an
+out-of-memory `--highvram` for models it cannot.
 
-ComfyUI v0.29's default (dynamic VRAM) samples at about half the speed of `--highvram` on a large card and copies
-the weights into every process's private RAM (docs/benchmarks). `auto` picks `--highvram` where the largest
-model set on disk fits the card with room for activations, and leaves ComfyUI's dynamic loading where it does not.
+ComfyUI v0.29's default (dynamic VRAM) samples SDXL at about half the speed of `--highvram` on a large card and
+copies the weights into every process's private RAM (docs/benchmarks); `--highvram` keeps every model on the GPU
+and runs out of memory when they do not fit. `auto` decides from each job's own model files (`job_vram_choice`):
+`--highvram` where they fit with room for activations, ComfyUI's dynamic loading where they do not; an instance
+whose mode does not suit the next job is restarted in the other mode before that job (docs/benchmarks/video.md
+measures what each costs). At start, before any job, an instance takes the warm-up workflow's choice, or
+`--highvram` on a card of 24 GiB or more.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model_affinity import MODEL_SUFFIXES
+from .model_files import ModelFile
 
 MODE_FLAGS: dict[str, tuple[str, ...]] = {
     "high": ("--highvram",),
@@ -29,13 +34,6 @@ ACTIVATION_HEADROOM_BYTES = 4 * GIB
 WEIGHT_OVERHEAD = 1.15  # CUDA context, cuBLAS workspaces, fragmentation
 HIGH_WITHOUT_MODELS_MIN_BYTES = 24 * GIB  # no model files at start (models arrive by URL): decide by card size
 
-MODEL_GROUPS = {
-    "diffusion": ("checkpoints", "diffusion_models", "unet"),
-    "text_encoder": ("text_encoders", "clip"),
-    "vae": ("vae",),
-}
-
-
 @dataclass(frozen=True)
 class VramChoice:
     mode: str
@@ -44,15 +42,15 @@ class VramChoice:
 
 
 def choose_vram_mode(requested: str, vram_bytes: int | None, model_set_bytes: int) -> VramChoice:
-    """`requested` is COMFY_VRAM_MODE; `model_set_bytes` the largest diffusion model + text encoder + VAE on disk."""
+    """`requested` is COMFY_VRAM_MODE; `model_set_bytes` what the job's models need resident (0: not known)."""
     if requested != "auto":
         return VramChoice(requested, MODE_FLAGS[requested], "set by COMFY_VRAM_MODE")
     if vram_bytes is None:
         return VramChoice("dynamic", (), "no GPU memory size known")
     if model_set_bytes == 0:
         if vram_bytes >= HIGH_WITHOUT_MODELS_MIN_BYTES:
-            return VramChoice("high", MODE_FLAGS["high"], f"no models on disk yet; {vram_bytes / GIB:.0f} GiB card")
-        return VramChoice("dynamic", (), f"no models on disk yet; {vram_bytes / GIB:.0f} GiB card is small")
+            return VramChoice("high", MODE_FLAGS["high"], f"no models known yet; {vram_bytes / GIB:.0f} GiB card")
+        return VramChoice("dynamic", (), f"no models known yet; {vram_bytes / GIB:.0f} GiB card is small")
     needed = model_set_bytes * WEIGHT_OVERHEAD + ACTIVATION_HEADROOM_BYTES
     summary = f"models {model_set_bytes / GIB:.1f} GiB need {needed / GIB:.1f} GiB of {vram_bytes / GIB:.1f} GiB"
     if vram_bytes >= needed:
@@ -60,21 +58,18 @@ def choose_vram_mode(requested: str, vram_bytes: int | None, model_set_bytes: in
     return VramChoice("dynamic", (), summary + ": dynamic loading")
 
 
-def largest_model_set_bytes(model_roots: Iterable[Path]) -> int:
-    """Sum over diffusion model, text encoder and VAE of the largest file found under any root."""
-    largest = dict.fromkeys(MODEL_GROUPS, 0)
-    for root in model_roots:
-        for group, folders in MODEL_GROUPS.items():
-            for folder in folders:
-                for path in _model_files(root / folder):
-                    largest[group] = max(largest[group], path.stat().st_size)
-    return sum(largest.values())
+def resident_bytes(files: Iterable[ModelFile]) -> int:
+    """What a job's models need on the GPU at once under --highvram: every diffusion model (ComfyUI keeps them on
+    the GPU in that mode) plus the largest other file (text encoders and VAEs are moved off to make room)."""
+    files = list(files)
+    diffusion = sum(f.resident_bytes for f in files if f.diffusion)
+    others = max((f.resident_bytes for f in files if not f.diffusion), default=0)
+    return diffusion + others
 
 
-def _model_files(folder: Path) -> Iterable[Path]:
-    if not folder.is_dir():
-        return []
-    return (p for p in folder.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
+def job_vram_choice(requested: str, vram_bytes: int | None, files: Iterable[ModelFile]) -> VramChoice:
+    """The mode this job's models need (COMFY_VRAM_MODE other than auto is kept as it is)."""
+    return choose_vram_mode(requested, vram_bytes, resident_bytes(files))
 
 
 def model_roots(comfyui_dir: Path, extra_model_paths: Iterable[Path]) -> list[Path]:

@@ -7,8 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput
+from .errors import InvalidInput, WorkerError
 from .job_input import parse_job_input
+from .model_files import ModelFile, workflow_model_files
+from .settings import Settings
+from .vram import model_roots
 
 
 def load_warmup_workflow(value: str) -> dict[str, Any] | None:
@@ -29,3 +32,14 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError as error:
         raise InvalidInput(f"WARMUP_WORKFLOW names {path}, which cannot be read: {error.strerror}") from None
+
+
+def warmup_model_files(settings: Settings) -> list[ModelFile]:
+    """The warm-up workflow's model files, found in the configured model folders (none without a warm-up)."""
+    try:
+        workflow = load_warmup_workflow(settings.warmup_workflow)
+    except WorkerError:
+        return []  # reported when the warm-up runs
+    if workflow is None:
+        return []
+    return workflow_model_files(workflow, model_roots(settings.comfyui_dir, settings.extra_model_paths))
