@@ -104,7 +104,8 @@ class Run:
                "COMFY_EXTRA_MODEL_PATHS": str(self.models_yaml), "COMFY_EXTRA_ARGS": f"--front-end-root {self.args.fe}",
                "COMFY_CUSTOM_NODES_DIRS": str(HERE / "custom_nodes"), "COMFY_BASE_PORT": str(self.port),
                "COMPILE_CACHE_DIR": str(self.work / "compile-cache"), "JOB_TIMEOUT_S": "900",
-               "COMFY_NUM_GPUS": "0" if self.args.cpu else "1", "LOG_LEVEL": "INFO"}
+               "COMFY_NUM_GPUS": "0" if self.args.cpu else "1", "LOG_LEVEL": "INFO",
+               "OUTPUT_INLINE_LIMIT_MB": "200"}  # random weights make noise videos: 10+ MB of mp4
         if vanilla:  # ComfyUI's own defaults: its RAM cache, cudaMallocAsync, no pinning, no VRAM flag
             env.update(COMFY_CACHE="ram", COMFY_CUDA_MALLOC="async", COMFY_CPU_PINNING="0", COMFY_VRAM_MODE="dynamic")
         env.update(spec.get("env", {}))
@@ -117,7 +118,7 @@ class Run:
         self.results["configs"][name] = result
         ballast = worker = instance = None
         try:
-            if spec.get("cold"):
+            if spec.get("cold") and not self.args.warm:
                 evict(self.model_paths())
             if spec.get("ballast") and not self.args.cpu:
                 ballast = Ballast(spec["ballast"])
@@ -278,6 +279,7 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=540)
     parser.add_argument("--disk-read", action="store_true", help="measure the cold read rate of the model files")
     parser.add_argument("--cpu", action="store_true", help="a dry run without a GPU")
+    parser.add_argument("--warm", action="store_true", help="no configuration starts with an evicted page cache")
     parser.add_argument("--tiny", action="store_true", help="the *_tiny diffusion model (dry runs)")
     args = parser.parse_args()
     run = Run(args)
