@@ -54,12 +54,12 @@ def restart_if_hung(instance: ComfyInstance, seconds: float, launches: int, out_
     out of the scheduler's choice while it is judged (when the job answered before the verdict). Blocking: run it
     off the event loop."""
     deadline = time.monotonic() + seconds
-    if out_of_service and instance.launches == launches:
-        instance.healthy = False
     try:
         while time.monotonic() < deadline:
             if instance.launches != launches or not instance.is_alive() or instance.client.is_ready():
                 return False  # answering again, or dead already or restarting, and the fleet's watcher has it
+            if out_of_service:  # not answering: no job goes to it until it does
+                instance.healthy = False
             time.sleep(PROBE_INTERVAL_S)
         if instance.launches != launches:
             return False
@@ -68,7 +68,8 @@ def restart_if_hung(instance: ComfyInstance, seconds: float, launches: int, out_
         instance.kill_hung()
         return True
     finally:
-        if out_of_service and instance.launches == launches and instance.is_alive() and not instance.stopping:
+        if (out_of_service and not instance.healthy and instance.launches == launches and instance.is_alive()
+                and not instance.stopping):
             instance.healthy = instance.client.is_ready()
 
 
