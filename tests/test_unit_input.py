@@ -145,3 +145,55 @@ def test_image_format_and_quality_are_checked():
         parse_job_input({"workflow": workflow, "image_format": "gif"})
     with pytest.raises(InvalidInput, match="'image_quality' must be a whole number from 1 to 100, not 0"):
         parse_job_input({"workflow": workflow, "image_format": "webp", "image_quality": 0})
+
+
+@pytest.fixture
+def trickling_server():
+    """A real HTTP server on loopback that announces 400 bytes and sends one every 0.1 s (a stalled CDN, a slow-loris
+    source): no read ever waits long, so only a deadline checked inside the read stops it."""
+    import http.server
+    import threading
+    import time
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "400")
+            self.end_headers()
+            try:
+                for _ in range(400):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/slow.png"
+    server.shutdown()
+
+
+def test_a_trickling_url_is_cut_at_its_time_limit(trickling_server):
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match=r"took over 1 s to download \(INPUT_URL_TIMEOUT_S\)"):
+        decode_input_file(InputFile("f.png", trickling_server), max_bytes=10_000, url_timeout_s=1, url_guard=LOOPBACK)
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_trickling_url_is_cut_at_the_jobs_deadline(trickling_server):
+    import time
+
+    from comfy_worker.deadline import Deadline
+
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match=r"still downloading when the job's timeout of 1\.5 s ran out"):
+        decode_input_file(InputFile("f.png", trickling_server), max_bytes=10_000, url_timeout_s=30, url_guard=LOOPBACK,
+                          deadline=Deadline.after(1.5))
+    assert time.monotonic() - started < 3

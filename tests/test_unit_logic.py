@@ -182,3 +182,52 @@ def test_progress_is_throttled_and_names_the_gpu(monkeypatch):
     for step in range(5):
         reporter({"node": "3", "step": step, "steps": 5})
     assert [p["step"] for p in sent] == [0, 2, 4] and all(p["gpu"] == "gpu1" for p in sent)
+
+
+def test_a_job_queued_for_an_instance_that_became_unhealthy_is_given_another():
+    import asyncio
+    from types import SimpleNamespace
+
+    from comfy_worker.scheduler import Scheduler
+
+    first, second = SimpleNamespace(label="cpu0", healthy=True), SimpleNamespace(label="cpu1", healthy=False)
+    scheduler = Scheduler([first, second])
+
+    async def scenario():
+        holder_in, holder_out = asyncio.Event(), asyncio.Event()
+
+        async def holder():
+            async with scheduler.lease(None, 1) as lease:
+                holder_in.set()
+                await holder_out.wait()
+                return lease.instance.label
+
+        held = asyncio.create_task(holder())
+        await holder_in.wait()
+        waiting = asyncio.create_task(scheduler.lease(None, 1).__aenter__())
+        await asyncio.sleep(0.05)  # queued for cpu0, the only healthy one
+        first.healthy, second.healthy = False, True  # cpu0 died while the job queued; cpu1 came back
+        holder_out.set()
+        await held
+        return (await waiting).instance.label
+
+    assert asyncio.run(scenario()) == "cpu1"
+
+
+def test_a_job_with_a_deadline_stops_waiting_in_the_queue():
+    import asyncio
+    from types import SimpleNamespace
+
+    from comfy_worker.deadline import Deadline
+    from comfy_worker.errors import JobTimedOut
+    from comfy_worker.scheduler import Scheduler
+
+    scheduler = Scheduler([SimpleNamespace(label="cpu0", healthy=True)])
+
+    async def scenario():
+        async with scheduler.lease(None, 1):
+            with pytest.raises(JobTimedOut, match=r"timeout of 0\.2 s while waiting in the queue of cpu0 \(1 job"):
+                async with scheduler.lease(None, 1, deadline=Deadline.after(0.2)):
+                    pass
+
+    asyncio.run(scenario())

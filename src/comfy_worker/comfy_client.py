@@ -19,6 +19,7 @@ class ComfyClient:
         self.timeout_s = timeout_s
         self.poll_timeout_s = poll_timeout_s
         self._session = requests.Session()
+        self._api_node_known: dict[str, bool] = {}
 
     @property
     def websocket_url(self) -> str:
@@ -81,13 +82,32 @@ class ComfyClient:
         warnings = describe_node_errors(payload.get("node_errors") or {}, workflow, self.object_info_choices)
         return payload.get("prompt_id", prompt_id), [f"an output was skipped: {w}" for w in warnings]
 
-    def history(self, prompt_id: str) -> dict[str, Any] | None:
+    def history(self, prompt_id: str, timeout_s: float | None = None) -> dict[str, Any] | None:
         """The finished prompt's history entry, or None while it is queued or running."""
-        return self._json("GET", f"/history/{prompt_id}", timeout=self.poll_timeout_s).get(prompt_id)
+        return self._json("GET", f"/history/{prompt_id}", timeout=timeout_s or self.poll_timeout_s).get(prompt_id)
 
-    def cancel(self, prompt_id: str) -> bool:
+    def is_pending_or_running(self, prompt_id: str, timeout_s: float = 5) -> bool:
+        """Whether the prompt is still in the instance's queue or running (False once it ended or was dequeued)."""
+        response = self._request("GET", f"/api/jobs/{prompt_id}", timeout=timeout_s)
+        if response.status_code == 404:
+            return False
+        return _json_or_empty(response).get("status") in ("pending", "in_progress")
+
+    def api_node_classes(self, class_types: set[str]) -> set[str]:
+        """Which of `class_types` are ComfyUI API nodes (paid calls to outside services: `api_node` in
+        /object_info); a class that could not be looked up counts as one. Answers are kept: a class's kind does not
+        change while the worker runs."""
+        for class_type in class_types - self._api_node_known.keys():
+            try:
+                info = self._json("GET", f"/object_info/{class_type}", timeout=5).get(class_type, {})
+            except (InstanceUnavailable, ValueError):
+                continue  # unknown: counted as an API node (the safe side), and asked again next time
+            self._api_node_known[class_type] = bool(isinstance(info, dict) and info.get("api_node"))
+        return {c for c in class_types if self._api_node_known.get(c, True)}
+
+    def cancel(self, prompt_id: str, timeout_s: float = 10) -> bool:
         """Interrupts the prompt if it runs, removes it if it waits; touches no other prompt."""
-        response = self._request("POST", f"/api/jobs/{prompt_id}/cancel", timeout=min(10, self.poll_timeout_s))
+        response = self._request("POST", f"/api/jobs/{prompt_id}/cancel", timeout=min(timeout_s, self.poll_timeout_s))
         return response.status_code == 200 and bool(_json_or_empty(response).get("cancelled"))
 
     def free_memory(self) -> None:

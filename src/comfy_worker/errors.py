@@ -27,6 +27,7 @@ class WorkerError(Exception):
     def __init__(self, message: str, *, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.details = details or []
+        self.paid_nodes_started: tuple[str, ...] = ()  # API nodes (paid calls) that began before the failure
 
 
 class InvalidInput(WorkerError):

@@ -18,6 +18,7 @@ from .warmup import warmup_model_files
 log = logging.getLogger("comfy_worker.fleet")
 
 WATCH_INTERVAL_S = 1.0
+RESTART_BACKOFF_MAX_S = 10.0
 
 
 def plan_instances(settings: Settings, gpus: list[Gpu]) -> list[InstanceSpec]:
@@ -57,6 +58,8 @@ class Fleet:
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
         self.start_errors: dict[str, str] = {}  # instance label → why it did not start, with its log tail
+        self._failed_restarts: dict[str, int] = {}  # consecutive restarts that did not come up, per instance
+        self._next_restart: dict[str, float] = {}
 
     def start(self) -> None:
         """Starts every instance at once and waits for all. Instances that fail are reported with their log tail;
@@ -66,10 +69,10 @@ class Fleet:
                 f"no ComfyUI at {self.settings.comfyui_dir} (COMFYUI_DIR): run scripts/setup.sh or set COMFYUI_DIR"
             )
         started = time.monotonic()
-        for instance in self.instances:
-            instance.launch()
+        launch_errors = {instance.label: self._launch(instance) for instance in self.instances}
         with ThreadPoolExecutor(len(self.instances)) as pool:
-            failures = list(pool.map(self._wait_ready, self.instances))
+            failures = list(pool.map(lambda i: launch_errors[i.label] or self._wait_ready(i, first_start=True),
+                                     self.instances))
         self.start_errors = {i.label: error for i, error in zip(self.instances, failures, strict=True) if error}
         if len(self.start_errors) == len(self.instances):
             self.stop()
@@ -80,15 +83,35 @@ class Fleet:
         self._watcher = threading.Thread(target=self._watch, name="fleet-watch", daemon=True)
         self._watcher.start()
 
-    def _wait_ready(self, instance: ComfyInstance) -> str | None:
+    def _launch(self, instance: ComfyInstance) -> str | None:
+        """Starts the process; why it could not be started (no such COMFY_PYTHON, no permission), or None."""
+        try:
+            instance.launch()
+        except OSError as error:
+            log.error("[%s] ComfyUI could not be launched: %s", instance.label, error)
+            return (f"ComfyUI on {instance.label} could not be launched with {self.settings.comfy_python} "
+                    f"(COMFY_PYTHON) in {self.settings.comfyui_dir}: {error}")
+        return None
+
+    def _wait_ready(self, instance: ComfyInstance, first_start: bool) -> str | None:
+        """Waits for the process launched last to answer, then puts it in service. An instance that fails its
+        first start is stopped for good (a broken configuration would fail again); one that fails a restart is
+        killed and left to the watcher, which tries again."""
+        launches = instance.launches
         try:
             instance.wait_ready(self.settings.start_timeout_s)
         except InstanceUnavailable as error:
             log.error("[%s] %s", instance.label, error)
-            instance.stop()
+            if first_start:
+                instance.stop()
+            elif instance.launches == launches:
+                instance.kill_hung()
             return str(error)
+        if instance.launches != launches or not instance.is_alive():
+            return f"ComfyUI on {instance.label} exited just after it started"
         self._apply_switches(instance)
-        instance.healthy = True
+        if instance.launches == launches and not instance.stopping:
+            instance.healthy = True
         return None
 
     def _apply_switches(self, instance: ComfyInstance) -> None:
@@ -104,20 +127,32 @@ class Fleet:
     def _watch(self) -> None:
         while not self._closing.wait(WATCH_INTERVAL_S):
             for instance in self.instances:
-                # A restarting process is alive; one that failed its restart was stopped by _wait_ready.
-                if instance.pid is None or instance.stopping or instance.is_alive():
-                    continue
-                log.error("[%s] ComfyUI exited with code %s; last log lines:\n%s",
-                          instance.label, instance.exit_code(), instance.log_tail())
-                if not self.settings.restart_dead:
-                    instance.terminate()  # marks it stopped, so it is reported once
-                    continue
-                instance.healthy = False
-                instance.restarts += 1
-                log.warning("[%s] restarting ComfyUI (restart %d)", instance.label, instance.restarts)
-                # Launched from this long-lived thread: a child dies with the thread that started it.
-                instance.launch()
-                threading.Thread(target=self._await_restart, args=(instance,), daemon=True).start()
+                try:
+                    self._check(instance)
+                except Exception:  # the watcher must outlive anything one instance does
+                    log.exception("[%s] the fleet's watcher failed on this instance; it goes on", instance.label)
+
+    def _check(self, instance: ComfyInstance) -> None:
+        # A starting process is alive; one stopped on purpose (at the fleet's stop, or after a failed first start)
+        # is `stopping`.
+        if instance.pid is None or instance.stopping or instance.is_alive() or self._closing.is_set():
+            return
+        if time.monotonic() < self._next_restart.get(instance.label, 0.0):
+            return
+        log.error("[%s] ComfyUI exited with code %s; last log lines:\n%s",
+                  instance.label, instance.exit_code(), instance.log_tail())
+        if not self.settings.restart_dead:
+            instance.terminate()  # marks it stopped, so it is reported once
+            return
+        instance.healthy = False
+        instance.restarts += 1
+        log.warning("[%s] restarting ComfyUI (restart %d)", instance.label, instance.restarts)
+        # Launched from this long-lived thread: a child dies with the thread that started it.
+        error = self._launch(instance)
+        if error is None:
+            threading.Thread(target=self._await_restart, args=(instance,), daemon=True).start()
+        else:
+            self._restart_failed(instance)
 
     def relaunch(self, instance: ComfyInstance, tuning: LaunchTuning) -> None:
         """Restarts an instance with another launch tuning (another VRAM mode) and waits until it answers; called
@@ -131,8 +166,22 @@ class Fleet:
             raise InstanceUnavailable(error)
 
     def _await_restart(self, instance: ComfyInstance) -> None:
-        if self._wait_ready(instance) is None:
+        ready = self._wait_ready(instance, first_start=False) is None
+        if self._closing.is_set():
+            return
+        if ready:
+            self._failed_restarts.pop(instance.label, None)
+            self._next_restart.pop(instance.label, None)
             log.info("[%s] ComfyUI is back", instance.label)
+        else:
+            self._restart_failed(instance)
+
+    def _restart_failed(self, instance: ComfyInstance) -> None:
+        """The next restart waits longer after each failed one (1, 2, 4 … 10 s), so a crash loop does not spin."""
+        failures = self._failed_restarts[instance.label] = self._failed_restarts.get(instance.label, 0) + 1
+        delay = min(2.0 ** (failures - 1), RESTART_BACKOFF_MAX_S)
+        self._next_restart[instance.label] = time.monotonic() + delay
+        log.warning("[%s] restart %d did not come up; the next try in %g s", instance.label, instance.restarts, delay)
 
     def stop(self) -> None:
         self._closing.set()

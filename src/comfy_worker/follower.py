@@ -16,11 +16,13 @@ from typing import Any
 import websocket
 
 from .comfy_client import ComfyClient
-from .errors import ExecutionFailed, JobInterrupted, JobTimedOut
+from .deadline import Deadline
+from .errors import ExecutionFailed, InstanceUnavailable, JobInterrupted, JobTimedOut
 
 RECONNECT_INTERVAL_S = 1.0
 SOCKET_CONNECT_TIMEOUT_S = 5.0
 SETTLE_AFTER_CANCEL_S = 15.0
+SETTLE_AFTER_TIMEOUT_S = 3.0  # past the deadline: the job answers; a prompt that ignores the interrupt longer runs on
 OOM_MARKERS = ("OutOfMemoryError", "out of memory", "CUDA error: out of memory")
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -67,6 +69,8 @@ class PromptFollower:
         self.ws: websocket.WebSocket | None = None
         self._last_connect_try = 0.0
         self.outputs_seen = False  # an output node reported outputs: running the job again would repeat them
+        self.started_nodes: set[str] = set()  # nodes ComfyUI began to execute (not served from its cache)
+        self.saw_every_message = True  # False once the socket was down while the prompt could run
 
     # --- the socket -------------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -78,6 +82,7 @@ class PromptFollower:
             )
         except (OSError, websocket.WebSocketException) as error:
             self.ws = None
+            self.saw_every_message = False
             self.log.warning("websocket to %s not open (%s); following over /history", self.client.label, error)
 
     def close(self) -> None:
@@ -98,6 +103,7 @@ class PromptFollower:
             self.log.warning("websocket to %s dropped (%s); polling /history and reconnecting",
                              self.client.label, type(error).__name__)
             self.close()
+            self.saw_every_message = False
             self._drops += 1
             return None
         if isinstance(raw, bytes):  # preview frames
@@ -113,8 +119,7 @@ class PromptFollower:
         self,
         prompt_id: str,
         workflow: dict[str, Any],
-        deadline: float,
-        timeout_s: float,
+        deadline: Deadline,
         stop: threading.Event,
         on_progress: ProgressCallback,
     ) -> Execution:
@@ -137,23 +142,18 @@ class PromptFollower:
         while True:
             now = time.monotonic()
             if stop.is_set():
-                self._cancel_and_settle(prompt_id, "cancelled")
+                self._cancel_and_settle(prompt_id, "cancelled", now + SETTLE_AFTER_CANCEL_S)
                 raise JobCancelled()
-            if now >= deadline:
-                node = f" at node {current[0]} ({_class_of(workflow, current[0])})" if current else ""
-                self._cancel_and_settle(prompt_id, "timed out")
-                raise JobTimedOut(
-                    f"the job ran past its timeout of {timeout_s:g} s{node}; ComfyUI on {self.client.label} was "
-                    "interrupted. Raise 'timeout_s' in the input (or JOB_TIMEOUT_S) if the workflow needs longer"
-                )
+            if now >= deadline.at:
+                self._time_out(prompt_id, workflow, deadline, current)
             if self.ws is None and now - self._last_connect_try >= RECONNECT_INTERVAL_S:
                 self.connect()
 
             message = None
             if self.ws is not None and not finished_signal:
-                message = self._receive(min(self.quiet_s, deadline - now, 1.0))
+                message = self._receive(min(self.quiet_s, deadline.at - now, 1.0))
             elif not finished_signal:
-                time.sleep(min(0.25, max(deadline - now, 0)))
+                time.sleep(min(0.25, max(deadline.at - now, 0)))
             now = time.monotonic()
 
             if message:
@@ -166,13 +166,20 @@ class PromptFollower:
                             close_node(now)
                             if data.get("node") is not None:
                                 current = (str(data["node"]), now)
+                                self.started_nodes.add(current[0])
                         elif finished_signal:
                             close_node(now)
 
             if finished_signal or now - max(last_heard, last_poll) >= self.quiet_s:
                 last_poll = now
                 polls += 1
-                entry = self.client.history(prompt_id)
+                poll_timeout = deadline.bound(self.client.poll_timeout_s)
+                try:  # a poll may not outlast the job: an instance that stops answering is judged after it
+                    entry = self.client.history(prompt_id, poll_timeout)
+                except InstanceUnavailable:
+                    if poll_timeout < self.client.poll_timeout_s:  # cut short by the deadline
+                        self._time_out(prompt_id, workflow, deadline, current)
+                    raise
                 if entry is not None and _is_finished(entry):
                     close_node(time.monotonic())
                     execution = Execution(prompt_id, entry, round((time.monotonic() - started) * 1000, 1),
@@ -206,17 +213,28 @@ class PromptFollower:
             return True
         return False
 
-    def _cancel_and_settle(self, prompt_id: str, why: str) -> None:
-        """Interrupts our prompt (no other) and waits until the instance has let go of it."""
+    def _time_out(self, prompt_id: str, workflow: dict[str, Any], deadline: Deadline,
+                  current: tuple[str, float] | None) -> None:
+        node = f", at node {current[0]} ({_class_of(workflow, current[0])})" if current else ""
+        self._cancel_and_settle(prompt_id, "timed out", deadline.at + SETTLE_AFTER_TIMEOUT_S)
+        raise JobTimedOut(
+            f"the job ran past its timeout of {deadline.timeout_s:g} s while running the workflow{node}; ComfyUI on "
+            f"{self.client.label} was interrupted. Raise 'timeout_s' in the input (or JOB_TIMEOUT_S) if the workflow "
+            "needs longer"
+        )
+
+    def _cancel_and_settle(self, prompt_id: str, why: str, settle_until: float) -> None:
+        """Interrupts our prompt (no other) and waits, until `settle_until` at most, for the instance to let go of
+        it. A prompt still waiting in ComfyUI's queue is removed from it and never gets a history entry."""
         self.log.warning("job %s: interrupting prompt %s on %s", why, prompt_id, self.client.label)
         try:
-            self.client.cancel(prompt_id)
-            settle_until = time.monotonic() + SETTLE_AFTER_CANCEL_S
+            self.client.cancel(prompt_id, timeout_s=max(0.5, settle_until - time.monotonic()))
             while time.monotonic() < settle_until:
-                if self.client.history(prompt_id) is not None:
+                if not self.client.is_pending_or_running(prompt_id, max(0.5, settle_until - time.monotonic())):
                     return
                 time.sleep(0.1)
-            self.log.error("prompt %s did not stop within %g s of the interrupt", prompt_id, SETTLE_AFTER_CANCEL_S)
+            self.log.error("prompt %s on %s had not stopped when the job answered; it may still run a while",
+                           prompt_id, self.client.label)
         except Exception as error:  # the instance may be dead; the fleet restarts it
             self.log.error("could not interrupt prompt %s on %s: %s", prompt_id, self.client.label, error)
 

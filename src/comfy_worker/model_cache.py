@@ -29,7 +29,9 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
+from .deadline import NO_DEADLINE, Deadline
 from .errors import InvalidInput, ModelDownloadFailed, WorkerError
 from .model_urls import MODEL_FOLDERS, ModelRef
 from .settings import S3Config
@@ -38,6 +40,8 @@ from .url_guard import AddressRefused, UrlGuard, guarded_session, refused_cause
 log = logging.getLogger("comfy_worker.models")
 
 CHUNK = 1 << 20
+READ_TIMEOUT_S = 120.0
+LOCK_POLL_S = 0.2
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -48,6 +52,19 @@ class Fetched:
     keys: tuple[str, ...]
     download_ms: float
     downloaded: tuple[str, ...]  # URLs (without query) this job downloaded itself; the rest came from the cache
+
+
+@dataclass(frozen=True)
+class Limits:
+    """When a job's fetch must end: its deadline, and `stop`, set when the job is cancelled or gave up."""
+
+    deadline: Deadline = NO_DEADLINE
+    stop: threading.Event | None = None
+
+    def check(self, phase: str) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise ModelDownloadFailed(f"{phase} was abandoned: the job was cancelled or ran out of time")
+        self.deadline.check(phase)
 
 
 @dataclass(frozen=True)
@@ -84,8 +101,9 @@ class ModelCache:
 
     # --- a job's models --------------------------------------------------------------------------------------------
     def fetch(self, refs: tuple[ModelRef, ...], credentials: Credentials, progress: Progress,
-              job_log: logging.LoggerAdapter) -> Fetched:
-        """Makes every model of a job available under its folder and name; blocking. The caller must `release`."""
+              job_log: logging.LoggerAdapter, limits: Limits = Limits()) -> Fetched:
+        """Makes every model of a job available under its folder and name; blocking. The caller must `release` the
+        keys of what it returns; on any failure nothing stays held."""
         started = time.monotonic()
         held: list[str] = []
         downloaded = []
@@ -94,7 +112,7 @@ class ModelCache:
                 with self._lock:
                     self._in_use[ref.key] += 1
                 held.append(ref.key)
-                if self._obtain(ref, credentials, progress, job_log):
+                if self._obtain(ref, credentials, progress, job_log, limits):
                     downloaded.append(ref.shown_url)
                 self._link(ref)
         except BaseException:
@@ -113,7 +131,7 @@ class ModelCache:
 
     # --- one file --------------------------------------------------------------------------------------------------
     def _obtain(self, ref: ModelRef, credentials: Credentials, progress: Progress,
-                job_log: logging.LoggerAdapter) -> bool:
+                job_log: logging.LoggerAdapter, limits: Limits) -> bool:
         """The blob of `ref`, downloaded by this call (True) or found or awaited (False)."""
         blob = self.blobs / ref.key
         with self._lock:
@@ -124,7 +142,7 @@ class ModelCache:
         if owner:
             assert pending is not None
             try:
-                downloaded = self._download_locked(ref, credentials, progress, job_log)
+                downloaded = self._download_locked(ref, credentials, progress, job_log, limits)
                 pending.set_result(None)
             except BaseException as error:
                 pending.set_exception(error)
@@ -136,26 +154,39 @@ class ModelCache:
                 return True
         elif pending is not None:
             job_log.info("waiting for %s, which another job is downloading", ref.shown_url)
-            with contextlib.suppress(WorkerError):  # that job's download failed: try it with our own credentials
-                pending.result()
+            self._await_other_download(pending, ref, limits)
             if not blob.exists():
-                return self._obtain(ref, credentials, progress, job_log)
+                return self._obtain(ref, credentials, progress, job_log, limits)
         self._check_access(ref, credentials, job_log)
         self._check_pin(ref, blob)
         os.utime(blob)  # least recently used is by modification time, shared with other workers on the volume
         return False
 
+    @staticmethod
+    def _await_other_download(pending: Future[None], ref: ModelRef, limits: Limits) -> None:
+        """Waits for this process's download of `ref` by another job, within this job's limits."""
+        phase = f"waiting for another job's download of {ref.shown_url}"
+        while True:
+            limits.check(phase)
+            try:
+                pending.result(timeout=limits.deadline.bound(1.0, floor=0.01))
+                return
+            except TimeoutError:
+                continue
+            except WorkerError:  # that job's download failed or was abandoned: try it with our own credentials
+                return
+
     def _download_locked(self, ref: ModelRef, credentials: Credentials, progress: Progress,
-                         job_log: logging.LoggerAdapter) -> bool:
+                         job_log: logging.LoggerAdapter, limits: Limits) -> bool:
         """Downloads under a file lock, so that workers sharing the volume fetch a URL once. False when another
         process finished it while this one waited for the lock."""
         blob = self.blobs / ref.key
-        with self._file_lock(ref.key):
+        with self._file_lock(ref.key, ref, limits):
             if blob.exists():
                 return False
             job_log.info("downloading %s into the model cache", ref.shown_url)
             started = time.monotonic()
-            size = self._download(ref, credentials, blob, progress)
+            size = self._download(ref, credentials, blob, progress, limits)
             seconds = time.monotonic() - started
             job_log.info("downloaded %s: %.1f MB in %.1f s", ref.shown_url, size / 1e6, seconds)
             with self._lock:
@@ -163,13 +194,25 @@ class ModelCache:
             return True
 
     @contextlib.contextmanager
-    def _file_lock(self, key: str) -> Iterator[None]:
+    def _file_lock(self, key: str, ref: ModelRef, limits: Limits) -> Iterator[None]:
         """An exclusive flock on blobs/<key>.lock, whose holder removes the file before it lets go, so lock files
-        never pile up. A waiter that got the lock of a file already removed locks the new one instead."""
+        never pile up. A waiter that got the lock of a file already removed locks the new one instead. Polled, not
+        blocking: the job's deadline and its cancel hold while another worker downloads."""
         path = self.blobs / f"{key}.lock"
         while True:
             lock = open(path, "a")  # noqa: SIM115 - held across the yield
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        limits.check(f"waiting for the model cache lock of {ref.shown_url} (another worker on the "
+                                     "volume is downloading it)")
+                        time.sleep(LOCK_POLL_S)
+            except BaseException:
+                lock.close()
+                raise
             try:
                 if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
                     break
@@ -182,13 +225,15 @@ class ModelCache:
             path.unlink(missing_ok=True)
             lock.close()  # releases the flock
 
-    def _download(self, ref: ModelRef, credentials: Credentials, blob: Path, progress: Progress) -> int:
+    def _download(self, ref: ModelRef, credentials: Credentials, blob: Path, progress: Progress,
+                  limits: Limits) -> int:
         part = blob.with_name(f"{blob.name}.part-{uuid.uuid4().hex[:8]}")
         digest = hashlib.sha256()
         written = 0
         deadline = time.monotonic() + self.timeout_s
+        read_timeout = limits.deadline.bound(READ_TIMEOUT_S)
         try:
-            with self._open_source(ref, credentials) as (stream, total, gated), open(part, "wb") as out:
+            with self._open_source(ref, credentials, read_timeout) as (stream, total, gated), open(part, "wb") as out:
                 if total is not None and total > self.max_file_bytes:
                     raise self._too_large(ref, total)
                 for chunk in stream:
@@ -198,6 +243,7 @@ class ModelCache:
                     if time.monotonic() > deadline:
                         raise ModelDownloadFailed(f"downloading {ref.shown_url} took over {self.timeout_s:g} s "
                                                   "(MODEL_DOWNLOAD_TIMEOUT_S)")
+                    limits.check(f"downloading {ref.shown_url} ({written} bytes so far)")
                     digest.update(chunk)
                     out.write(chunk)
                     progress({"download": ref.shown_url, "bytes": written, "total": total})
@@ -215,7 +261,8 @@ class ModelCache:
             return written
         except AddressRefused as error:
             raise InvalidInput(f"downloading {ref.shown_url} was refused: {error}") from None
-        except requests.RequestException as error:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+            limits.check(f"downloading {ref.shown_url} ({written} bytes so far)")
             raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: {type(error).__name__}") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -226,7 +273,8 @@ class ModelCache:
                                    f"{self.max_file_bytes / 1e9:g} GB limit (MODEL_MAX_FILE_GB)")
 
     @contextlib.contextmanager
-    def _open_source(self, ref: ModelRef, credentials: Credentials) -> Iterator[tuple[Any, int | None, bool]]:
+    def _open_source(self, ref: ModelRef, credentials: Credentials, read_timeout: float
+                     ) -> Iterator[tuple[Any, int | None, bool]]:
         """(chunks, size if known, whether credentials were needed) of the URL."""
         scheme = ref.url.split("://", 1)[0].lower()
         if scheme == "s3":
@@ -236,11 +284,12 @@ class ModelCache:
             return
         url, headers = http_request(ref, credentials)
         with guarded_session(self.url_guard) as session, \
-                session.get(url, headers=headers, stream=True, timeout=(15, 120)) as response:
+                session.get(url, headers=headers, stream=True,
+                            timeout=(min(15, read_timeout), read_timeout)) as response:
             if response.status_code != 200:
                 raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: HTTP {response.status_code}")
             length = response.headers.get("content-length")
-            yield response.iter_content(CHUNK), int(length) if length and length.isdigit() else None, bool(headers)
+            yield _read1_chunks(response), int(length) if length and length.isdigit() else None, bool(headers)
 
     def _check_access(self, ref: ModelRef, credentials: Credentials, job_log: logging.LoggerAdapter) -> None:
         """A cached file that needed credentials goes only to a job whose own credentials reach its source."""
@@ -390,6 +439,13 @@ def file_sha256(path: Path) -> str:
         while chunk := file.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _read1_chunks(response: requests.Response) -> Iterator[bytes]:
+    """What each socket read brings (up to CHUNK): the caller checks its limits after every read, however slowly
+    the server sends."""
+    while chunk := response.raw.read1(CHUNK, decode_content=True):
+        yield chunk
 
 
 def _chunks(body: Any) -> Iterator[bytes]:

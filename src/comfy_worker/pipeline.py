@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .deadline import GRACE_S, Deadline
 from .delivery import Delivery, deliver
 from .errors import (
     ExecutionFailed,
@@ -29,7 +30,7 @@ from .errors import (
     strip_host_paths,
 )
 from .fleet import Fleet
-from .follower import Execution, JobCancelled, PromptFollower
+from .follower import SETTLE_AFTER_TIMEOUT_S, Execution, JobCancelled, PromptFollower
 from .gpus import Gpu
 from .image_format import convert_images
 from .input_files import decode_input_file
@@ -38,13 +39,22 @@ from .job_files import remove_new, snapshot
 from .job_input import JobRequest, parse_job_input, wants_refresh
 from .logs import JobLog
 from .model_affinity import models_in
-from .model_cache import Credentials, Fetched, ModelCache
+from .model_cache import Credentials, Fetched, Limits, ModelCache
 from .model_files import workflow_model_files
 from .outputs import OutputData, OutputFile, OutputText, find_outputs, read_output
 from .prefetch import Prefetcher
 from .progress import ProgressReporter, Sender, final_status, queued_payload, runpod_sender
-from .recovery import out_of_memory_error, restart_if_hung, retry_reason
+from .recovery import (
+    api_node_ids,
+    class_types,
+    out_of_memory_error,
+    paid_nodes_started,
+    paid_work_note,
+    restart_if_hung,
+    retry_reason,
+)
 from .redaction import redact_text, redact_url
+from .request_limits import check_output_size, check_request
 from .scheduler import Scheduler
 from .settings import Settings
 from .slow_paths import slow_path_warnings
@@ -98,9 +108,9 @@ class Worker:
             self.fleet = Fleet(self.settings, self._gpus, (cache_paths,))
             self.fleet.start()
             self.startup_s["instances_ready"] = round(time.monotonic() - started, 2)
-        except WorkerError as error:
-            self.startup_error = str(error)
-            log.error("the worker could not start: %s", error)
+        except Exception as error:  # whatever it is, every job is told why instead of the handler crashing
+            self.startup_error = str(error) if isinstance(error, WorkerError) else f"{type(error).__name__}: {error}"
+            log.exception("the worker could not start: %s", self.startup_error)
             return
         self.scheduler = Scheduler(self.fleet.instances)
         # Each running job holds a thread while it follows its prompt; give every instance room for several.
@@ -143,10 +153,9 @@ class Worker:
         job_log = JobLog("warmup")
         job_log.instance = instance.label
         started = time.monotonic()
-        timeout_s = self.settings.job_timeout_s
         try:
-            self._execute(instance, request, [], started + timeout_s, timeout_s, threading.Event(),
-                                    ProgressReporter({}, instance.label, 1e9, None), job_log)
+            self._execute(instance, request, [], Deadline.after(self.settings.job_timeout_s, started),
+                          threading.Event(), ProgressReporter({}, instance.label, 1e9, None), job_log)
         except (WorkerError, JobCancelled) as error:
             job_log.error("warm-up failed: %s", error)
             return f"{instance.label} failed"
@@ -194,48 +203,76 @@ class Worker:
         received = time.monotonic()
         if self.startup_error or self.scheduler is None:
             raise WorkerNotReady(f"the worker failed to start: {self.startup_error or 'not started'}")
+        check_request(job.get("input"), self.settings.max_request_bytes, self.settings.max_workflow_nodes)
         request = parse_job_input(job.get("input"), self.settings.url_guard)
         self.read_ahead(request.workflow, job_id)
-        timeout_s = request.timeout_s or self.settings.job_timeout_s
-        deadline = received + timeout_s
+        deadline = Deadline.after(request.timeout_s or self.settings.job_timeout_s, received)
         warnings = [f"ignored unknown input field '{name}'" for name in request.ignored_fields]
 
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
-        inputs = await loop.run_in_executor(self._executor, self._decode_inputs, request)
+        inputs = await self._blocking(deadline, "downloading and decoding the input files",
+                                      self._decode_inputs, request, deadline)
         decode_ms = _ms_since(started)
-        fetched = await self._fetch_models(job, request, job_log)
+        fetched = await self._fetch_models(job, request, job_log, deadline)
         try:
-            return await self._run_holding_models(job, job_log, request, inputs, received, deadline, timeout_s,
+            return await self._run_holding_models(job, job_log, request, inputs, received, deadline,
                                                   warnings, decode_ms, fetched)
         finally:
             if self.model_cache is not None:
                 self.model_cache.release(fetched.keys)
 
-    async def _fetch_models(self, job: dict[str, Any], request: JobRequest, job_log: JobLog) -> Fetched:
-        """The job's models by URL, in the shared cache before the job takes an instance."""
-        if not request.models or self.model_cache is None:
+    async def _blocking(self, deadline: Deadline, phase: str, function, *args, abandon=None):
+        """Runs `function(*args)` in a thread; the job stops waiting for it at its deadline (plus GRACE_S, so that
+        the step's own, more precise error comes first) or when the job is cancelled. `abandon(future)` then lets
+        go of what the thread still holds or will return."""
+        future = self._executor.submit(function, *args)
+        waited = asyncio.wrap_future(future)
+        waited.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, even if abandoned
+        try:
+            return await asyncio.wait_for(asyncio.shield(waited), max(deadline.remaining() + GRACE_S, 0))
+        except TimeoutError:
+            if abandon is not None:
+                abandon(future)
+            raise deadline.error(phase) from None
+        except asyncio.CancelledError:
+            if abandon is not None:
+                abandon(future)
+            raise
+
+    async def _fetch_models(self, job: dict[str, Any], request: JobRequest, job_log: JobLog,
+                            deadline: Deadline) -> Fetched:
+        """The job's models by URL, in the shared cache before the job takes an instance. A job cancelled or out
+        of time stops its downloads and releases every file it held, whenever the fetch ends."""
+        cache = self.model_cache
+        if not request.models or cache is None:
             return Fetched((), 0.0, ())
         reporter = ProgressReporter(job, "download", self.settings.progress_interval_s, self.progress_sender)
         credentials = Credentials(request.s3 or self.settings.s3, self.settings.hf_token)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.model_cache.fetch, request.models, credentials, reporter, job_log)
+        limits = Limits(deadline, threading.Event())
+
+        def abandon(future) -> None:
+            assert limits.stop is not None
+            limits.stop.set()
+            future.add_done_callback(
+                lambda done: done.exception() is None and cache.release(done.result().keys))
+
+        return await self._blocking(deadline, "fetching the models", cache.fetch, request.models, credentials,
+                                    reporter, job_log, limits, abandon=abandon)
 
     async def _run_holding_models(
         self, job: dict[str, Any], job_log: JobLog, request: JobRequest, inputs: list[tuple[str, bytes]],
-        received: float, deadline: float, timeout_s: float, warnings: list[str], decode_ms: float, fetched: Fetched,
+        received: float, deadline: Deadline, warnings: list[str], decode_ms: float, fetched: Fetched,
     ) -> dict[str, Any]:
         """Runs the job on an instance once its models are in the cache."""
-        loop = asyncio.get_running_loop()
-
-        health_wait_s = min(timeout_s, self.settings.start_timeout_s)
+        health_wait_s = self.settings.start_timeout_s
         models = models_in(request.workflow)
         failed_on: set[int] = set()
         outcome: RunOutcome | None = None
         if self.progress_sender and _must_wait(self.scheduler, request.gpu):
             self.progress_sender(job, queued_payload(time.monotonic() - received, "a free instance"))
         while outcome is None:
-            async with self.scheduler.lease(request.gpu, health_wait_s, models, frozenset(failed_on)) as lease:
+            async with self.scheduler.lease(request.gpu, health_wait_s, models, frozenset(failed_on),
+                                            deadline) as lease:
                 instance = lease.instance
                 job_log.instance = instance.label
                 job_log.info("running on %s (waited %.0f ms)", instance.label, lease.wait_ms)
@@ -243,10 +280,10 @@ class Worker:
                                             self.progress_sender, len(request.workflow), received)
                 try:
                     outcome = await self._run_on_instance(
-                        instance, lease.wait_ms, request, inputs, deadline, timeout_s, reporter, job_log
+                        instance, lease.wait_ms, request, inputs, deadline, reporter, job_log
                     )
                 except WorkerError as error:
-                    retry = await self._recover(instance, error, request, retried=bool(failed_on), job_log=job_log)
+                    retry = await self._recover(instance, error, request, bool(failed_on), job_log, deadline)
                     if retry is None:
                         raise
                     job_log.warning("%s", retry)
@@ -257,7 +294,8 @@ class Worker:
         warnings += outcome.warnings
 
         started = time.monotonic()
-        delivery = await loop.run_in_executor(self._executor, self._deliver, outcome, request, job_log.job_id)
+        delivery = await self._blocking(deadline, "delivering the outputs", self._deliver, outcome, request,
+                                        job_log.job_id)
         delivery_ms = _ms_since(started)
 
         timings = {
@@ -287,17 +325,27 @@ class Worker:
         }
 
     async def _recover(self, instance: ComfyInstance, error: WorkerError, request: JobRequest, retried: bool,
-                       job_log: JobLog) -> str | None:
+                       job_log: JobLog, deadline: Deadline) -> str | None:
         """After a failed run: frees memory after OOM, restarts a hung instance; returns why the job runs once more,
         or None when the (possibly reworded) error stands."""
         loop = asyncio.get_running_loop()
         if isinstance(error, JobTimedOut) or (isinstance(error, InstanceUnavailable)
                                               and not isinstance(error, InstanceDied)):
-            if await loop.run_in_executor(self._executor, restart_if_hung, instance, self.settings.hung_instance_s):
+            hung_s = self.settings.hung_instance_s
+            if deadline.remaining() + GRACE_S < hung_s:  # judged after the job answered, kept out of service meanwhile
+                threading.Thread(target=restart_if_hung, args=(instance, hung_s, instance.launches, True),
+                                 name=f"probe-{instance.label}", daemon=True).start()
+                return None
+            if await loop.run_in_executor(self._executor, restart_if_hung, instance, hung_s, instance.launches):
                 raise type(error)(f"{error}. ComfyUI on {instance.label} then stopped answering for "
-                                  f"{self.settings.hung_instance_s:g} s; the worker restarts it") from error
+                                  f"{hung_s:g} s; the worker restarts it") from error
+            return None
+        if deadline.expired():
             return None
         retry = retry_reason(error, self.settings, instance.label, request.gpu is not None, retried)
+        if retry is not None and error.paid_nodes_started:
+            error.args = (f"{error}. {paid_work_note(error.paid_nodes_started)}",)
+            retry = None
         if isinstance(error, ExecutionFailed) and error.out_of_memory:
             try:
                 await loop.run_in_executor(self._executor, instance.client.free_memory)
@@ -312,7 +360,7 @@ class Worker:
             return None
         return next((g for g in self.fleet.gpus if g.index == instance.spec.gpu), None)
 
-    def _decode_inputs(self, request: JobRequest) -> list[tuple[str, bytes]]:
+    def _decode_inputs(self, request: JobRequest, deadline: Deadline) -> list[tuple[str, bytes]]:
         """The job's input files, after its own S3 endpoint is checked: both before any work starts."""
         if request.s3 is not None and request.s3.guard is not None:
             try:
@@ -323,12 +371,12 @@ class Worker:
         return [
             (item.name, decode_input_file(item, max_bytes=self.settings.max_input_file_bytes,
                                           url_timeout_s=self.settings.input_url_timeout_s,
-                                          url_guard=self.settings.url_guard))
+                                          url_guard=self.settings.url_guard, deadline=deadline))
             for item in request.files
         ]
 
     async def _run_on_instance(
-        self, instance, wait_ms, request, inputs, deadline, timeout_s, reporter, job_log
+        self, instance, wait_ms, request, inputs, deadline: Deadline, reporter, job_log
     ) -> RunOutcome:
         """Runs the blocking part in a thread; a cancelled job interrupts its prompt before the instance is freed."""
         assert self.scheduler is not None
@@ -336,11 +384,19 @@ class Worker:
         stop = threading.Event()
         started = time.monotonic()
         future = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._execute, instance, request, inputs, deadline, timeout_s, stop, reporter, job_log
+            self._executor, self._execute, instance, request, inputs, deadline, stop, reporter, job_log
         )
         ok = out_of_memory = False
         try:
-            outcome = await asyncio.shield(future)
+            # The follower answers at the deadline (interrupting the prompt); this wait is the backstop for a call
+            # that outlasts it, e.g. to an instance that stopped answering.
+            backstop = max(deadline.remaining() + GRACE_S + SETTLE_AFTER_TIMEOUT_S, 0)
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(future), backstop)
+            except TimeoutError:
+                stop.set()
+                raise deadline.error(f"running the workflow on {instance.label}, which did not answer in time") \
+                    from None
             ok = True
             return outcome
         except asyncio.CancelledError:
@@ -355,18 +411,18 @@ class Worker:
             metrics.record(ok=ok, wait_ms=wait_ms, execution_ms=_ms_since(started), out_of_memory=out_of_memory)
             self._count_job()
 
-    def _execute(self, instance: ComfyInstance, request: JobRequest, inputs, deadline, timeout_s, stop, reporter,
+    def _execute(self, instance: ComfyInstance, request: JobRequest, inputs, deadline: Deadline, stop, reporter,
                  job_log) -> RunOutcome:
         """Runs the job on its instance and reads its outputs into memory; then every file the job caused in the
         instance's folders is removed (job_files), whatever happened."""
         before = snapshot(instance.dirs)
         try:
-            return self._execute_job(instance, request, inputs, deadline, timeout_s, stop, reporter, job_log)
+            return self._execute_job(instance, request, inputs, deadline, stop, reporter, job_log)
         finally:
             self._remove_inputs(instance, inputs)
             remove_new(instance.dirs, before)
 
-    def _execute_job(self, instance: ComfyInstance, request: JobRequest, inputs, deadline, timeout_s, stop, reporter,
+    def _execute_job(self, instance: ComfyInstance, request: JobRequest, inputs, deadline: Deadline, stop, reporter,
                      job_log) -> RunOutcome:
         timings: dict[str, Any] = {}
         vram_warnings = self._match_vram_mode(instance, request, timings, job_log)
@@ -376,29 +432,37 @@ class Worker:
         started = time.monotonic()
         job_folder = job_folder_name(job_log.job_id)
         follower: PromptFollower | None = None
+        api_nodes: set[str] = set()
         try:
             for name, data in inputs:
                 if (instance.dirs.input / name).is_dir():  # ComfyUI would answer HTTP 500
                     raise InvalidInput(f"input file {name!r} has the name of a folder in ComfyUI's input folder: "
                                        "give the file another name")
+                deadline.check(f"uploading the input files to {instance.label}")
                 client.upload_input(name, data)
             timings["upload_ms"] = _ms_since(started)
             workflow = isolate_outputs(request.workflow, job_folder)
+            api_nodes = api_node_ids(request.workflow, client.api_node_classes(class_types(request.workflow)))
             follower = PromptFollower(client, uuid.uuid4().hex, self.settings.websocket_quiet_s, job_log)
             follower.connect()
             try:
                 extra_data = {"api_key_comfy_org": request.comfy_org_api_key} if request.comfy_org_api_key else {}
+                deadline.check(f"preparing the workflow on {instance.label} (it was not submitted)")
                 prompt_id, warnings = client.submit(workflow, follower.client_id, extra_data)
                 job_log.info("prompt %s submitted", prompt_id)
-                execution = follower.follow(prompt_id, request.workflow, deadline, timeout_s, stop, reporter)
+                execution = follower.follow(prompt_id, request.workflow, deadline, stop, reporter)
             finally:
                 follower.close()
         except BaseException as error:
+            if isinstance(error, WorkerError) and api_nodes:
+                error.paid_nodes_started = paid_nodes_started(request.workflow, api_nodes, follower)
             if isinstance(error, JobCancelled):
                 raise asyncio.CancelledError() from None
             if isinstance(error, InstanceUnavailable):
                 outputs_seen = follower.outputs_seen if follower else False
-                raise self._explain_instance_failure(instance, launches, error, outputs_seen) from None
+                explained = self._explain_instance_failure(instance, launches, error, outputs_seen)
+                explained.paid_nodes_started = error.paid_nodes_started
+                raise explained from None
             if isinstance(error, ExecutionFailed):  # ComfyUI's exception text names files by their host paths
                 error.args = (strip_host_paths(str(error), (self.settings.work_dir, self.settings.comfyui_dir)),)
             raise
@@ -408,7 +472,9 @@ class Worker:
             instance.lines_since(log_mark), request.workflow, gpu_mib, timings["phases_ms"], execution.execution_ms
         )
         started = time.monotonic()
+        deadline.check(f"collecting the outputs from {instance.label}")
         files, texts = find_outputs(execution.history.get("outputs") or {}, request.include_previews, job_folder)
+        check_output_size(_sizes(files, instance), self.settings.max_output_bytes)
         read = []
         for output in files:
             try:
@@ -482,6 +548,14 @@ class Worker:
         if self.scheduler and self.jobs_done % self.settings.metrics_log_every == 0:
             for metrics in self.scheduler.metrics:
                 log.info("metrics after %d jobs: %s", self.jobs_done, metrics.log_line())
+
+
+def _sizes(files: list[OutputFile], instance: ComfyInstance) -> list[int]:
+    sizes = []
+    for output in files:
+        with contextlib.suppress(OSError, ValueError):  # an unreadable file is reported when it is read
+            sizes.append(output.path_in(instance.dirs).stat().st_size)
+    return sizes
 
 
 def _tuning_report(instance: ComfyInstance) -> dict[str, Any]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from .errors import ExecutionFailed, InstanceDied, WorkerError
+from .follower import PromptFollower
 from .gpus import Gpu
 from .instance import ComfyInstance
 from .settings import Settings
@@ -40,15 +42,50 @@ def out_of_memory_error(error: ExecutionFailed, label: str, gpu: Gpu | None, ret
     )
 
 
-def restart_if_hung(instance: ComfyInstance, seconds: float) -> bool:
+def paid_work_note(nodes: tuple[str, ...]) -> str:
+    return (f"It was not run again: API node(s) {', '.join(nodes)} had started, and running them again would pay "
+            "for their calls twice")
+
+
+def restart_if_hung(instance: ComfyInstance, seconds: float, launches: int, out_of_service: bool = False) -> bool:
     """Gives an instance that stopped answering `seconds` to answer again; kills it otherwise, so the fleet restarts
-    it. Returns whether it was killed. Blocking: run it off the event loop."""
+    it. Returns whether it was killed. An instance restarted since `launches` (the process the job ran on) is the
+    fleet's to watch, never killed here: a new process is slow to answer while it starts. `out_of_service`: taken
+    out of the scheduler's choice while it is judged (when the job answered before the verdict). Blocking: run it
+    off the event loop."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not instance.is_alive() or instance.client.is_ready():
-            return False  # answering again, or dead already and the fleet's watcher has it
-        time.sleep(PROBE_INTERVAL_S)
-    log.error("[%s] ComfyUI has not answered for %g s; killing it so that it restarts. Last log lines:\n%s",
-              instance.label, seconds, instance.log_tail(10))
-    instance.kill_hung()
-    return True
+    try:
+        while time.monotonic() < deadline:
+            if instance.launches != launches or not instance.is_alive() or instance.client.is_ready():
+                return False  # answering again, or dead already or restarting, and the fleet's watcher has it
+            if out_of_service:  # not answering: no job goes to it until it does
+                instance.healthy = False
+            time.sleep(PROBE_INTERVAL_S)
+        if instance.launches != launches:
+            return False
+        log.error("[%s] ComfyUI has not answered for %g s; killing it so that it restarts. Last log lines:\n%s",
+                  instance.label, seconds, instance.log_tail(10))
+        instance.kill_hung()
+        return True
+    finally:
+        if (out_of_service and not instance.healthy and instance.launches == launches and instance.is_alive()
+                and not instance.stopping):
+            instance.healthy = instance.client.is_ready()
+
+
+def class_types(workflow: dict[str, Any]) -> set[str]:
+    return {str(node.get("class_type")) for node in workflow.values()}
+
+
+def api_node_ids(workflow: dict[str, Any], api_classes: set[str]) -> set[str]:
+    return {node_id for node_id, node in workflow.items() if node.get("class_type") in api_classes}
+
+
+def paid_nodes_started(workflow: dict[str, Any], api_nodes: set[str], follower: PromptFollower | None
+                       ) -> tuple[str, ...]:
+    """The API nodes that began before the job failed; all of them when the websocket missed messages (the safe
+    side: a paid call is never repeated on a guess)."""
+    if follower is None:
+        return ()
+    started = api_nodes if not follower.saw_every_message else api_nodes & follower.started_nodes
+    return tuple(f"{n} ({workflow[n].get('class_type')})" for n in sorted(started))

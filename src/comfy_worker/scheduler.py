@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from .deadline import NO_DEADLINE, Deadline
 from .errors import InstanceUnavailable, InvalidInput
 from .instance import ComfyInstance
 from .metrics import InstanceMetrics
@@ -72,38 +74,56 @@ class Scheduler:
         return chosen
 
     async def _choose_waiting_for_health(self, pin: int | None, wait_s: float, models: frozenset[str],
-                                         avoid: frozenset[int]) -> int:
-        """Without a pin, waits up to `wait_s` for an instance to come back when none is healthy."""
-        deadline = time.monotonic() + wait_s
+                                         avoid: frozenset[int], deadline: Deadline) -> int:
+        """Without a pin, waits up to `wait_s` (and the job's deadline) for an instance to come back when none is
+        healthy."""
+        until = min(time.monotonic() + wait_s, deadline.at)
         while True:
             try:
                 return self.choose(pin, models, avoid)
             except InstanceUnavailable:
-                if pin is not None or time.monotonic() >= deadline:
+                if deadline.expired():
+                    raise deadline.error("waiting for a healthy ComfyUI instance") from None
+                if pin is not None or time.monotonic() >= until:
                     raise
             await asyncio.sleep(HEALTH_WAIT_POLL_S)
 
     @contextlib.asynccontextmanager
     async def lease(
         self, pin: int | None, health_wait_s: float, models: frozenset[str] = frozenset(),
-        avoid: frozenset[int] = frozenset(),
+        avoid: frozenset[int] = frozenset(), deadline: Deadline = NO_DEADLINE,
     ) -> AsyncIterator[Lease]:
-        """Holds the chosen instance for one job; jobs for a busy instance wait in its queue. `avoid`: instances a
-        retried job failed on, taken only when no other is healthy."""
+        """Holds the chosen instance for one job; jobs for a busy instance wait in its queue, until the job's
+        deadline at most. An instance that stopped being healthy while the job queued is not given to it: the job
+        chooses again (or, pinned, gets the error)."""
         queued_at = time.monotonic()
-        index = await self._choose_waiting_for_health(pin, health_wait_s, models, avoid)
+        while True:
+            index = await self._choose_waiting_for_health(pin, health_wait_s, models, avoid, deadline)
+            await self._acquire(index, deadline)
+            if self.instances[index].healthy:
+                break
+            self._locks[index].release()
+            log.warning("[%s] became unhealthy while a job queued for it; choosing again", self.instances[index].label)
         metrics = self.metrics[index]
-        metrics.queue_length += 1
-        try:
-            await self._locks[index].acquire()
-        finally:
-            metrics.queue_length -= 1
         metrics.running += 1
         try:
             yield Lease(self.instances[index], (time.monotonic() - queued_at) * 1000)
         finally:
             metrics.running -= 1
             self._locks[index].release()
+
+    async def _acquire(self, index: int, deadline: Deadline) -> None:
+        metrics = self.metrics[index]
+        ahead = self.load(index)
+        metrics.queue_length += 1
+        try:
+            remaining = deadline.remaining()
+            await asyncio.wait_for(self._locks[index].acquire(), None if math.isinf(remaining) else max(remaining, 0))
+        except TimeoutError:
+            raise deadline.error(f"waiting in the queue of {self.instances[index].label} "
+                                 f"({ahead} job(s) ahead of it)") from None
+        finally:
+            metrics.queue_length -= 1
 
     def snapshot(self) -> list[dict]:
         return [m.snapshot() for m in self.metrics]

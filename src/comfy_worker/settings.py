@@ -85,11 +85,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WARMUP_WORKFLOW", "",
              "A workflow (a file path or inline JSON, API format) run on every instance at start.", "performance"),
     # --- jobs ---
-    Variable("JOB_TIMEOUT_S", "1800", "Default job timeout; a job's `timeout_s` overrides it.", "jobs"),
+    Variable("JOB_TIMEOUT_S", "1800",
+             "Default job timeout; a job's `timeout_s` overrides it. It bounds the whole job from the moment the "
+             "worker receives it: queue, downloads, upload, run, collecting and delivering the outputs.", "jobs"),
+    Variable("MAX_WORKFLOW_NODES", "1000", "Most nodes a job's workflow may have.", "jobs"),
+    Variable("MAX_REQUEST_MB", "100",
+             "Largest job input (the whole `input` object as JSON, base64 files included).", "jobs"),
+    Variable("MAX_OUTPUT_MB", "2000", "Largest total size of one job's output files.", "jobs"),
     Variable("WEBSOCKET_QUIET_S", "2",
              "Seconds without a websocket message after which /history is polled.", "jobs"),
     Variable("MAX_INPUT_FILE_MB", "50", "Largest input file (`images` entry) accepted, decoded.", "jobs"),
-    Variable("INPUT_URL_TIMEOUT_S", "30", "Time limit for fetching an input given as an http(s) URL.", "jobs"),
+    Variable("INPUT_URL_TIMEOUT_S", "30",
+             "Time limit for fetching one input given as an http(s) URL, the whole download (and never past the "
+             "job's timeout).", "jobs"),
     Variable("ALLOW_PRIVATE_URLS", "",
              "Private addresses a job's URLs (input files, models, its own `s3.endpoint_url`) may reach. Empty: "
              "none; loopback, private, link-local (169.254.169.254), unique-local, multicast and unspecified "
@@ -118,7 +126,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MODEL_CACHE_MAX_GB", "100",
              "The cache's size; least recently used files not in use are evicted past it.", "models"),
     Variable("MODEL_MAX_FILE_GB", "50", "Largest model file fetched.", "models"),
-    Variable("MODEL_DOWNLOAD_TIMEOUT_S", "3600", "Time limit for downloading one model file.", "models"),
+    Variable("MODEL_DOWNLOAD_TIMEOUT_S", "3600",
+             "Time limit for downloading one model file (and never past the job's timeout).", "models"),
     Variable("HF_TOKEN", "", "Hugging Face token for hf:// model URLs (gated or private repositories).", "models"),
     # --- outputs ---
     Variable("OUTPUT_MODE", "auto",
@@ -191,6 +200,9 @@ class Settings:
     warmup_workflow: str
     prefetch_threads: int
     job_timeout_s: float
+    max_workflow_nodes: int
+    max_request_bytes: int
+    max_output_bytes: int
     websocket_quiet_s: float
     max_input_file_bytes: int
     input_url_timeout_s: float
@@ -351,6 +363,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         warmup_workflow=raw("WARMUP_WORKFLOW"),
         prefetch_threads=integer("MODEL_PREFETCH_THREADS", 8),
         job_timeout_s=number("JOB_TIMEOUT_S", 1800, minimum=1),
+        max_workflow_nodes=integer("MAX_WORKFLOW_NODES", 1000, minimum=1),
+        max_request_bytes=int(number("MAX_REQUEST_MB", 100, minimum=0.001) * 1_000_000),
+        max_output_bytes=int(number("MAX_OUTPUT_MB", 2000, minimum=0.001) * 1_000_000),
         websocket_quiet_s=number("WEBSOCKET_QUIET_S", 2, minimum=0.1),
         max_input_file_bytes=int(number("MAX_INPUT_FILE_MB", 50, minimum=0.001) * 1_000_000),
         input_url_timeout_s=number("INPUT_URL_TIMEOUT_S", 30, minimum=1),

@@ -1,5 +1,6 @@
 """Nodes the tests load into the real ComfyUI instances: slow steps with progress, a dropped websocket, a
-VideoHelperSuite-style `gifs` output, a failure on demand and a crash. Not shipped in the image."""
+VideoHelperSuite-style `gifs` output, a failure on demand, a crash and a stand-in for a paid API node. Not shipped
+in the image."""
 
 import asyncio
 import os
@@ -167,6 +168,24 @@ class WorkerTestLoraDigest:
             return (hashlib.sha256(file.read()).hexdigest(),)
 
 
+class WorkerTestPaidCall(AlwaysRunImageNode):
+    """Stands for one of ComfyUI's API nodes (a paid call to an outside service): marked `API_NODE` as they are,
+    which /object_info reports as `api_node: true`. Appends a line to `ledger` each time it runs, so a test can
+    count the calls that would have been paid."""
+
+    API_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "ledger": ("STRING", {"default": ""})}}
+
+    def run(self, image, ledger):
+        if ledger:
+            with open(ledger, "a") as file:
+                file.write("paid\n")
+        return (image,)
+
+
 def first_time(marker: str) -> bool:
     """False when `marker` names a file that exists; else creates it (when named) and returns True. Lets a fault
     happen on the first run only, wherever the job runs next."""
@@ -188,4 +207,5 @@ NODE_CLASS_MAPPINGS = {
     "WorkerTestHang": WorkerTestHang,
     "WorkerTestAllocate": WorkerTestAllocate,
     "WorkerTestLoraDigest": WorkerTestLoraDigest,
+    "WorkerTestPaidCall": WorkerTestPaidCall,
 }
