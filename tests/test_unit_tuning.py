@@ -14,9 +14,8 @@ from comfy_worker.model_affinity import models_in
 from comfy_worker.pipeline import phase_of
 from comfy_worker.scheduler import least_loaded
 from comfy_worker.settings import load_settings
-from comfy_worker.slow_paths import slow_path_warnings
 from comfy_worker.tuning import node_request, plan_launch_tuning
-from comfy_worker.vram import GIB, choose_vram_mode, largest_model_set_bytes, model_roots
+from comfy_worker.vram import GIB, choose_vram_mode, model_roots
 from comfy_worker.warmup import load_warmup_workflow
 
 H200_MIB = 143771
@@ -75,17 +74,6 @@ def test_auto_vram_mode_keeps_models_resident_where_they_fit():
     assert choose_vram_mode("normal", 8 * GIB, sdxl).flags == ("--disable-dynamic-vram",)
 
 
-def test_model_set_is_the_largest_of_each_kind_across_roots(tmp_path: Path):
-    for relative, size in (("a/checkpoints/big.safetensors", 500), ("b/diffusion_models/x/unet.safetensors", 700),
-                           ("a/text_encoders/t5.safetensors", 300), ("b/clip/l.safetensors", 100),
-                           ("a/vae/vae.safetensors", 50), ("a/loras/l.safetensors", 10_000),
-                           ("a/checkpoints/notes.txt", 10_000)):
-        path = tmp_path / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\0" * size)
-    assert largest_model_set_bytes([tmp_path / "a", tmp_path / "b", tmp_path / "missing"]) == 700 + 300 + 50
-
-
 def test_model_roots_come_from_extra_model_paths_files(tmp_path: Path):
     config = tmp_path / "extra.yaml"
     config.write_text("volume:\n  base_path: /runpod-volume/models  # the volume\n  checkpoints: checkpoints\n"
@@ -115,20 +103,6 @@ def test_compile_is_on_by_default_only_with_a_warmup():
         "compile"] == {"backend": "inductor", "mode": None}
     with_async = load_settings({"TORCH_COMPILE": "inductor", "COMFY_CUDA_MALLOC": "async"})
     assert node_request(with_async, True)["compile"] == {"backend": "inductor", "mode": None}  # no CUDA graphs
-
-
-def test_slow_paths_are_reported_with_numbers_and_advice():
-    lines = [
-        "loaded partially; 10240.00 MB usable, 9000.00 MB loaded, 3500.50 MB offloaded, 0.00 MB buffer reserved",
-        "Model SDXL prepared for dynamic VRAM loading. 4897MB Staged. 0 patches attached.",
-    ]
-    workflow = {"1": {"class_type": "UnetLoaderGGUF", "inputs": {}}, "2": {"class_type": "KSampler", "inputs": {}}}
-    warnings = slow_path_warnings(lines, workflow, H200_MIB, {"model_load_ms": 6000.0}, 8000.0)
-    assert any("loaded partially (9000 MB on the GPU, 3500 MB offloaded) on a 140 GiB GPU" in w for w in warnings)
-    assert any("SDXL ran with ComfyUI's dynamic VRAM loading (4897 MB staged)" in w for w in warnings)
-    assert any("node 1 (UnetLoaderGGUF)" in w for w in warnings)
-    assert any("loading models took 6.0 s of the job's 8.0 s" in w for w in warnings)
-    assert slow_path_warnings(lines[1:], workflow, 8 * 1024, {}, 8000.0) == []  # a small card: these are expected
 
 
 def test_job_phases_come_from_node_classes():

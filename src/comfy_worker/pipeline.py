@@ -40,7 +40,7 @@ from .job_input import JobRequest, parse_job_input, wants_refresh
 from .logs import JobLog
 from .model_affinity import models_in
 from .model_cache import Credentials, Fetched, Limits, ModelCache
-from .model_files import workflow_model_files
+from .model_files import ModelFile, workflow_model_files
 from .outputs import OutputData, OutputFile, OutputText, find_outputs, read_output
 from .prefetch import Prefetcher
 from .progress import ProgressReporter, Sender, final_status, queued_payload, runpod_sender
@@ -57,7 +57,7 @@ from .redaction import redact_text, redact_url
 from .request_limits import check_output_size, check_request
 from .scheduler import Scheduler
 from .settings import Settings
-from .slow_paths import slow_path_warnings
+from .slow_paths import job_models, slow_path_warnings
 from .tuning import vram_switch
 from .url_guard import AddressRefused
 from .vram import model_roots
@@ -425,7 +425,8 @@ class Worker:
     def _execute_job(self, instance: ComfyInstance, request: JobRequest, inputs, deadline: Deadline, stop, reporter,
                      job_log) -> RunOutcome:
         timings: dict[str, Any] = {}
-        vram_warnings = self._match_vram_mode(instance, request, timings, job_log)
+        model_files = workflow_model_files(request.workflow, self.model_roots)
+        vram_warnings = self._match_vram_mode(instance, model_files, timings, job_log)
         client = instance.client
         launches = instance.launches
         log_mark = instance.lines_logged
@@ -468,9 +469,10 @@ class Worker:
             raise
         timings.update(_execution_timings(execution, request.workflow))
         gpu_mib = self._gpu_memory_mib(instance)
+        models = job_models(model_files, gpu_mib, (s.its for s in execution.sampling.values()))
         warnings = vram_warnings + warnings + slow_path_warnings(
-            instance.lines_since(log_mark), request.workflow, gpu_mib, timings["phases_ms"], execution.execution_ms
-        )
+            instance.lines_since(log_mark), request.workflow, gpu_mib, timings["phases_ms"], execution.execution_ms,
+            models)
         started = time.monotonic()
         deadline.check(f"collecting the outputs from {instance.label}")
         files, texts = find_outputs(execution.history.get("outputs") or {}, request.include_previews, job_folder)
@@ -485,14 +487,13 @@ class Worker:
         client.forget(execution.prompt_id)
         return RunOutcome(execution, read, texts, warnings, timings, job_folder)
 
-    def _match_vram_mode(self, instance: ComfyInstance, request: JobRequest, timings: dict[str, Any],
+    def _match_vram_mode(self, instance: ComfyInstance, files: list[ModelFile], timings: dict[str, Any],
                          job_log: JobLog) -> list[str]:
         """Restarts the instance in the VRAM mode this job's models need when its current one does not suit them
         (--highvram for models that fit, dynamic loading for models that do not: vram.py)."""
         gpu_mib = self._gpu_memory_mib(instance)
         if self.fleet is None or gpu_mib is None:
             return []
-        files = workflow_model_files(request.workflow, self.model_roots)
         switched = vram_switch(self.settings, instance.tuning, gpu_mib << 20, files)
         if switched is None or switched.vram is None:
             return []
