@@ -17,6 +17,7 @@ from workflows import invert, sleep, through
 
 from comfy_worker.pipeline import Worker
 from comfy_worker.settings import load_settings
+from comfy_worker.tuning import LaunchTuning
 
 pytestmark = pytest.mark.comfyui
 
@@ -165,3 +166,20 @@ def test_with_several_instances_one_failing_at_start_leaves_the_others_serving(c
         assert "not healthy" in pinned["error"]
     finally:
         partial.stop()
+
+
+def test_an_instance_relaunched_with_another_tuning_serves_with_it(worker, run):
+    """The restart a job's VRAM mode calls for (vram.py, Fleet.relaunch), on a real instance: the new launch tuning
+    is the one running, and the instance serves the next job."""
+    instance = worker.fleet.instances[1]
+    launches, tuning = instance.launches, instance.tuning
+    marked = LaunchTuning(tuning.flags, {**tuning.env, "WORKER_TEST_RELAUNCH": "1"}, tuning.cpu_set, tuning.vram)
+    try:
+        worker.fleet.relaunch(instance, marked)
+        assert instance.launches == launches + 1 and instance.healthy and instance.tuning is marked
+        environ = Path(f"/proc/{instance.pid}/environ").read_bytes().split(b"\0")
+        assert b"WORKER_TEST_RELAUNCH=1" in environ
+        result = run(worker.handle(make_job(invert(), gpu=1)))
+        assert "error" not in result and result["instance"] == "cpu1", result
+    finally:
+        worker.fleet.relaunch(instance, tuning)

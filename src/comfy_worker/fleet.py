@@ -161,7 +161,7 @@ class Fleet:
         instance.stop()
         instance.tuning = tuning
         instance.launch()
-        error = self._wait_ready(instance)
+        error = self._wait_ready(instance, first_start=False)
         if error is not None:
             raise InstanceUnavailable(error)
 
