@@ -28,6 +28,9 @@ MODE_FLAGS: dict[str, tuple[str, ...]] = {
 }
 
 GIB = 1 << 30
+# The mode for models that do not fit: ComfyUI's dynamic loading streamed Wan 14B's weights on an H200 held to
+# 24 GiB at 6.08 s/step against 6.05 resident (docs/benchmarks/video.md).
+OFFLOAD_MODE = "dynamic"
 # Allowances, not fitted: on the SDXL benchmark (6.5 GiB of files, 1024², CFG) the GPU showed at most 12.9 GiB in
 # use, the caching allocator's reserve included (docs/benchmarks/raw, mem_used_mib_max).
 ACTIVATION_HEADROOM_BYTES = 4 * GIB
@@ -55,7 +58,7 @@ def choose_vram_mode(requested: str, vram_bytes: int | None, model_set_bytes: in
     summary = f"models {model_set_bytes / GIB:.1f} GiB need {needed / GIB:.1f} GiB of {vram_bytes / GIB:.1f} GiB"
     if vram_bytes >= needed:
         return VramChoice("high", MODE_FLAGS["high"], summary)
-    return VramChoice("dynamic", (), summary + ": dynamic loading")
+    return VramChoice(OFFLOAD_MODE, MODE_FLAGS[OFFLOAD_MODE], f"{summary}: {OFFLOAD_MODE} loading")
 
 
 def resident_bytes(files: Iterable[ModelFile]) -> int:
