@@ -34,7 +34,7 @@ done
   "${platforms[@]}" --target "$site" "$wheels"/*.whl
 # botocore's API data for every AWS service is most of its size: the worker speaks S3 (and STS) only.
 find "$site/botocore/data" -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sts -exec rm -rf {} +
-rm -rf "$site/bin"
+rm -rf "${site:?}/bin"
 tar cf - -C "$site" . | xz -9 -T0 >.device/site312.tar.xz
 rm -rf "$wheels" "$site"
 du -sh .device/*

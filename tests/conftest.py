@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -99,3 +100,18 @@ def s3_server() -> Iterator[str]:
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def shared_instances_serving(request: pytest.FixtureRequest) -> None:
+    """A test that uses the shared worker starts with every instance serving: a test before it may have killed one
+    (faults, paid retries), and its restart takes seconds on CPU. Waits up to 3 minutes, then fails with the states."""
+    if "worker" not in request.fixturenames:
+        return
+    shared = request.getfixturevalue("worker")
+    deadline = time.monotonic() + 180
+    while not all(i.healthy and i.is_alive() for i in shared.fleet.instances):
+        if time.monotonic() > deadline:
+            states = ", ".join(f"{i.label} healthy={i.healthy} alive={i.is_alive()}" for i in shared.fleet.instances)
+            pytest.fail(f"the shared instances did not all come back: {states}")
+        time.sleep(0.25)
