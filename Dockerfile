@@ -4,6 +4,10 @@
 # CUDA 12.8 runs on Ada, Hopper and Blackwell cards. Build variants: docker-bake.hcl.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base
 
+# COMFYUI_VERSION: the one tested default (scripts/setup.sh pins the same); another is tested first with
+# `COMFYUI_SRC=… make test-comfyui` (docs/development.md, "Upgrading ComfyUI").
+# TORCH_INDEX: the torch build. cu128 runs on more host drivers; ComfyUI turns comfy-kitchen's optimised CUDA kernels
+# off below CUDA 13 (comfy/quant_ops.py), so .../whl/cu130 is the build that has them (docs/deployment.md).
 ARG COMFYUI_VERSION=v0.29.0
 ARG COMFY_CLI_VERSION=1.23.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128

@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint
+.PHONY: setup run test test-comfyui lint
 
 setup:
 	VENV=$(VENV) scripts/setup.sh
@@ -13,6 +13,11 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# The whole suite against another ComfyUI, installed apart in .comfyui-under-test/ (the default install stays):
+#   COMFYUI_SRC=/path/to/ComfyUI make test-comfyui    (docs/development.md, "Upgrading ComfyUI")
+test-comfyui:
+	VENV=$(VENV) scripts/test_comfyui.sh $(PYTEST_ARGS)
 
 SHELL_SCRIPTS := start.sh scripts/*.sh bench/*.sh bench/video/*.sh .ci/run
 

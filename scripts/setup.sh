@@ -4,12 +4,17 @@
 #
 #   VENV         the virtual environment (default: .venv in the repository)
 #   PYTHON       the interpreter that creates it (default: python3; 3.11 or newer)
-#   COMFYUI_DIR  where ComfyUI is installed (default: .comfyui/ComfyUI in the repository)
-#   COMFYUI_SRC  a local ComfyUI v0.29.0 source: a folder or an archive (.tar.gz, .tar.xz, .tgz, .zip)
+#   COMFYUI_DIR      where ComfyUI is installed (default: .comfyui/ComfyUI in the repository)
+#   COMFYUI_VERSION  the ComfyUI release tag to install (default: the tested one below, which the Dockerfile and
+#                    docker-bake.hcl pin too). `source`: whatever COMFYUI_SRC holds, reinstalled on every run
+#                    (`make test-comfyui`, docs/development.md "Upgrading ComfyUI")
+#   COMFYUI_SRC      a local ComfyUI source of that version: a folder or an archive (.tar.gz, .tar.xz, .tgz, .zip);
+#                    else ~/.cache/comfyui-worker/ComfyUI-<version>[.tar.gz], else upstream git
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-COMFYUI_VERSION=v0.29.0
+DEFAULT_COMFYUI_VERSION=v0.29.0
+COMFYUI_VERSION=${COMFYUI_VERSION:-$DEFAULT_COMFYUI_VERSION}
 COMFYUI_GIT_URL=https://github.com/comfyanonymous/ComfyUI
 VENV=${VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
@@ -54,11 +59,19 @@ cached_source() {  # prints the cached ComfyUI source (folder or archive), if th
 }
 
 install_comfyui() {
+  mkdir -p "$(dirname "$COMFYUI_DIR")"
+  if [[ $COMFYUI_VERSION == source ]]; then
+    [[ -e ${COMFYUI_SRC:-} ]] || die "COMFYUI_VERSION=source needs COMFYUI_SRC, a ComfyUI folder or archive"
+    say "installing ComfyUI from COMFYUI_SRC=$COMFYUI_SRC (its own version, untested)"
+    unpack_into "$COMFYUI_SRC" "$COMFYUI_DIR"
+    COMFYUI_VERSION=$(comfyui_version_of "$COMFYUI_DIR")
+    COMFYUI_VERSION=${COMFYUI_VERSION:-unknown}
+    return
+  fi
   if [[ $(comfyui_version_of "$COMFYUI_DIR") == "$COMFYUI_VERSION" ]]; then
     say "ComfyUI $COMFYUI_VERSION already at $COMFYUI_DIR"
     return
   fi
-  mkdir -p "$(dirname "$COMFYUI_DIR")"
   local cached
   if [[ -n ${COMFYUI_SRC:-} ]]; then
     [[ -e $COMFYUI_SRC ]] || die "COMFYUI_SRC=$COMFYUI_SRC does not exist"

@@ -16,7 +16,9 @@ VARIABLE_NAMES = {v.name for v in VARIABLES}
 
 
 def pinned_comfyui_version() -> str:
-    return re.search(r"^COMFYUI_VERSION=(\S+)", (REPO_ROOT / "scripts/setup.sh").read_text(), re.MULTILINE)[1]
+    setup = (REPO_ROOT / "scripts/setup.sh").read_text()
+    assert re.search(r"^COMFYUI_VERSION=\$\{COMFYUI_VERSION:-\$DEFAULT_COMFYUI_VERSION\}$", setup, re.MULTILINE)
+    return re.search(r"^DEFAULT_COMFYUI_VERSION=(\S+)", setup, re.MULTILINE)[1]
 
 
 @pytest.mark.comfyui
@@ -60,6 +62,28 @@ def test_the_image_pins_what_the_setup_script_pins_and_execs_the_worker():
     assert re.search(r"^exec .*handler\.py", start, re.MULTILINE), "start.sh must exec the worker so signals reach it"
     bake = (REPO_ROOT / "docker-bake.hcl").read_text()
     assert f'default = "{pinned_comfyui_version()}"' in bake
+    torch_index = re.search(r"^ARG TORCH_INDEX=(\S+)", dockerfile, re.MULTILINE)[1]
+    assert torch_index.endswith("/cu128") and f'variable "TORCH_INDEX" {{ default = "{torch_index}" }}' in bake
+    assert len(re.findall(r"TORCH_INDEX\s*=\s*TORCH_INDEX", bake)) == 2, "both bake targets pass the torch build"
+
+
+@pytest.mark.comfyui
+def test_what_the_docs_say_of_comfyuis_code_is_still_in_it(comfyui_dir):
+    """docs/deployment.md quotes the condition that turns comfy-kitchen's CUDA backend off; slow_paths.py parses two
+    of ComfyUI's log lines. A ComfyUI under test (`make test-comfyui`) that changed either fails here."""
+    quant_ops = (comfyui_dir / "comfy/quant_ops.py").read_text()
+    assert 'if cuda_version < (13,):\n            ck.registry.disable("cuda")' in quant_ops
+    assert "if cuda_version < (13,):" in (REPO_ROOT / "docs/deployment.md").read_text()
+    patcher = (comfyui_dir / "comfy/model_patcher.py").read_text()
+    assert "prepared for dynamic VRAM loading. {allocated_size // (1024 ** 2)}MB Staged." in patcher
+    assert '"loaded partially; {} {:.2f} MB loaded, {:.2f} MB offloaded' in patcher
+
+
+def test_make_test_comfyui_asks_for_the_comfyui_to_test(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "UNDER_TEST_DIR": str(tmp_path / "under-test")}
+    run = subprocess.run([REPO_ROOT / "scripts/test_comfyui.sh"], env=env, capture_output=True, text=True)
+    assert run.returncode == 1 and "COMFYUI_SRC=/path/to/ComfyUI make test-comfyui" in run.stderr
+    assert not (tmp_path / "under-test").exists()
 
 
 def test_the_image_installs_the_versions_the_tests_ran_with():

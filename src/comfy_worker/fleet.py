@@ -8,6 +8,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 from .errors import InstanceUnavailable, WorkerNotReady
 from .gpus import Gpu, detect_gpus
 from .instance import ComfyInstance, InstanceSpec
@@ -39,8 +41,8 @@ def write_custom_nodes_config(settings: Settings) -> Path:
     instance."""
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     path = settings.work_dir / "custom_nodes_paths.yaml"
-    folders = "".join(f"    {folder.resolve()}\n" for folder in (WORKER_NODES_DIR, *settings.custom_nodes_dirs))
-    path.write_text(f"comfy_worker:\n  custom_nodes: |\n{folders}")
+    folders = "".join(f"{folder.resolve()}\n" for folder in (WORKER_NODES_DIR, *settings.custom_nodes_dirs))
+    path.write_text(yaml.safe_dump({"comfy_worker": {"custom_nodes": folders}}))
     return path
 
 

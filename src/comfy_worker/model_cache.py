@@ -26,10 +26,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 import urllib3
+import yaml
 
 from .deadline import NO_DEADLINE, Deadline
 from .errors import InvalidInput, ModelDownloadFailed, WorkerError
@@ -94,9 +95,9 @@ class ModelCache:
 
     def write_extra_model_paths(self, path: Path) -> Path:
         """An extra_model_paths.yaml that shows the cached files to ComfyUI."""
-        folders = "".join(f"  {folder}: {folder}\n" for folder in MODEL_FOLDERS)
+        section = {"base_path": str(self.models.resolve()), **{folder: folder for folder in MODEL_FOLDERS}}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"comfy_worker_model_cache:\n  base_path: {self.models.resolve()}\n{folders}")
+        path.write_text(yaml.safe_dump({"comfy_worker_model_cache": section}, sort_keys=False))
         return path
 
     # --- a job's models --------------------------------------------------------------------------------------------
@@ -392,12 +393,14 @@ class ModelCache:
 
 
 def http_request(ref: ModelRef, credentials: Credentials) -> tuple[str, dict[str, str]]:
-    """The https URL and headers for an http(s) or hf:// model."""
+    """The https URL and headers for an http(s) or hf:// model. An hf:// URL becomes the `resolve` URL that
+    huggingface_hub's `hf_hub_url` builds; a revision with a slash is written %2F-encoded (`@refs%2Fpr%2F1`)."""
     if ref.url.lower().startswith("hf://"):
         parts = urlsplit(ref.url)
         owner, repo_rev, *path = f"{parts.netloc}{parts.path}".split("/")
         repo, _, revision = repo_rev.partition("@")
-        url = f"https://huggingface.co/{owner}/{repo}/resolve/{revision or 'main'}/{'/'.join(path)}"
+        revision, file = quote(unquote(revision or "main"), safe=""), quote(unquote("/".join(path)))
+        url = f"https://huggingface.co/{owner}/{repo}/resolve/{revision}/{file}"
         headers = dict(ref.headers)
         if credentials.hf_token and "Authorization" not in headers:
             headers["Authorization"] = f"Bearer {credentials.hf_token}"

@@ -12,12 +12,17 @@ measures what each costs). At start, before any job, an instance takes the warm-
 
 from __future__ import annotations
 
-import re
+import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from .model_files import ModelFile
+
+log = logging.getLogger("comfy_worker.vram")
 
 MODE_FLAGS: dict[str, tuple[str, ...]] = {
     "high": ("--highvram",),
@@ -76,15 +81,41 @@ def job_vram_choice(requested: str, vram_bytes: int | None, files: Iterable[Mode
 
 
 def model_roots(comfyui_dir: Path, extra_model_paths: Iterable[Path]) -> list[Path]:
-    """ComfyUI's own models folder and each `base_path` of the extra_model_paths files (read without a YAML
-    library: a base_path line is all this needs)."""
+    """ComfyUI's own models folder, then, per section of each extra_model_paths file, its `base_path` and the parent
+    of each model folder it lists (`find_model_file` looks one folder deep), resolved the way ComfyUI's
+    utils/extra_config.py resolves them. A file that cannot be read or parsed is left out with a warning."""
     roots = [comfyui_dir / "models"]
     for config in extra_model_paths:
         try:
-            text = config.read_text()
-        except OSError:
+            sections = yaml.safe_load(config.read_text(encoding="utf-8"))
+            if not isinstance(sections, dict):
+                raise ValueError("it is not a mapping of sections")
+            here = config.parent.absolute()
+            found = [root for section in sections.values() for root in _section_roots(section, here)]
+            roots.extend(found)  # all of a file's roots or none
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as error:
+            log.warning("%s is not searched for job model files (VRAM sizing, read-ahead): %s", config, error)
+    return list(dict.fromkeys(roots))
+
+
+def _section_roots(section: object, config_dir: Path) -> list[Path]:
+    if section is None:
+        return []
+    if not isinstance(section, dict):
+        raise ValueError(f"a section is {type(section).__name__}, not a mapping")
+    base = section.get("base_path")
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"base_path {base!r} is not a path")
+    # ComfyUI expands ~ and $VARS in base_path (only there) and reads relative paths from the file's folder.
+    base_dir = _normalized(config_dir / os.path.expandvars(Path(base).expanduser())) if base else None
+    roots = [base_dir] if base_dir else []
+    for key, value in section.items():
+        if key in ("base_path", "is_default", "custom_nodes") or not isinstance(value, str):
             continue
-        for match in re.finditer(r"^\s*base_path:\s*['\"]?([^'\"\n#]+?)['\"]?\s*(?:#.*)?$", text, re.MULTILINE):
-            base = Path(match.group(1)).expanduser()
-            roots.append(base if base.is_absolute() else config.parent / base)
+        for line in filter(None, value.split("\n")):
+            roots.append(_normalized((base_dir or config_dir) / line).parent)
     return roots
+
+
+def _normalized(path: Path) -> Path:
+    return Path(os.path.normpath(path))
