@@ -54,8 +54,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("COMFY_RESTART_DEAD", "1", "Restart an instance whose process exits while the worker runs.", "fleet"),
     # --- GPU performance (defaults are the measured best: docs/benchmarks/README.md) ---
     Variable("COMFY_VRAM_MODE", "auto",
-             "auto, high, gpu-only, normal, dynamic or low. auto: --highvram where the largest model set on disk fits "
-             "the card, else ComfyUI's dynamic loading.", "performance"),
+             "auto, high, gpu-only, normal, dynamic or low. auto: chosen per job from its own model files: "
+             "--highvram where they fit the card, ComfyUI's dynamic loading where not (the instance restarts to "
+             "switch, 13-24 s, reported in the job's warnings).", "performance"),
     Variable("COMFY_CPU_PINNING", "1",
              "Pin each GPU instance to its own CPU cores (NUMA node of its GPU, else an even split).", "performance"),
     Variable("COMFY_WORKER_CPUS", "1", "CPU cores left to the worker process when instances are pinned.",
