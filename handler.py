@@ -19,7 +19,7 @@ quiet_runpod_sdk()
 import runpod  # noqa: E402 - reads RUNPOD_LOG_LEVEL when imported
 
 from comfy_worker.logs import configure  # noqa: E402
-from comfy_worker.pipeline import Worker  # noqa: E402
+from comfy_worker.worker import Worker  # noqa: E402
 
 configuration_error: str | None = None
 worker: Worker | None = None

@@ -8,7 +8,7 @@
 (src/comfy_worker/instance.py) and jobs posted straight to it: vanilla defaults, the best uncompiled
 configuration known before, ours, each switch of the tuning node toggled on the same instance, the allocator,
 torch.compile with a cold and a warm cache (P4, P5, P6).
-`worker` drives the worker itself (comfy_worker.pipeline.Worker.handle, the handler's only call) with jobs
+`worker` drives the worker itself (comfy_worker.worker.Worker.handle, the handler's only call) with jobs
 submitted concurrently as RunPod does: 1 vs 2 GPUs (P1), through the worker vs straight to ComfyUI (P2), host
 RAM per extra instance (P3), CPU pinning on and off, VRAM modes, warm-up and cold start (P6, P7).
 Results go to OUT/results.json as each phase ends (a later phase failing keeps the earlier ones);
@@ -42,9 +42,9 @@ from workloads import WORKLOADS
 from comfy_worker.fleet import write_custom_nodes_config
 from comfy_worker.gpus import detect_gpus
 from comfy_worker.instance import ComfyInstance, InstanceSpec
-from comfy_worker.pipeline import Worker
 from comfy_worker.settings import Settings, load_settings
 from comfy_worker.tuning import LaunchTuning, node_request, plan_launch_tuning
+from comfy_worker.worker import Worker
 
 log = logging.getLogger("bench")
 TQDM_RATE = re.compile(r"(\d+)/(\d+) \[[^\]]*?,\s*([\d.]+)(it/s|s/it)\]")

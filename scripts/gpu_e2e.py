@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from workflows import invert, sleep
 
 from comfy_worker.logs import configure
-from comfy_worker.pipeline import Worker
 from comfy_worker.settings import load_settings
+from comfy_worker.worker import Worker
 
 SLEEP_S = 2.0
 

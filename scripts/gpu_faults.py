@@ -3,7 +3,7 @@ out-of-memory error, and how long a GPU instance takes to come back after it was
 
     python scripts/gpu_faults.py --comfy DIR --out results.json [--fe DIR]
 
-It drives comfy_worker.pipeline.Worker with every GPU and the test nodes of tests/custom_nodes; docs/reliability.md
+It drives comfy_worker.worker.Worker with every GPU and the test nodes of tests/custom_nodes; docs/reliability.md
 quotes its results.
 """
 
@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 from workflows import invert, through  # noqa: E402
 
 from comfy_worker.logs import configure  # noqa: E402
-from comfy_worker.pipeline import Worker  # noqa: E402
 from comfy_worker.settings import load_settings  # noqa: E402
+from comfy_worker.worker import Worker  # noqa: E402
 
 
 def job(workflow: dict[str, Any], **fields: Any) -> dict[str, Any]:

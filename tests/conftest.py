@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from comfy_worker.logs import configure
-from comfy_worker.pipeline import Worker
 from comfy_worker.settings import load_settings
+from comfy_worker.worker import Worker
 
 TESTS = Path(__file__).resolve().parent
 REPO_ROOT_FOR_TESTS = TESTS.parent

@@ -14,8 +14,8 @@ import pytest
 from conftest import make_job, worker_env
 from workflows import invert, load_invert, sleep
 
-from comfy_worker.pipeline import Worker
 from comfy_worker.settings import load_settings
+from comfy_worker.worker import Worker
 
 pytestmark = pytest.mark.comfyui
 

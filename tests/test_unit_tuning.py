@@ -10,8 +10,8 @@ import pytest
 from comfy_worker.cpu_layout import compact, gpu_numa_node, numa_node_cpus, parse_cpulist, plan_cpu_sets
 from comfy_worker.errors import InvalidInput
 from comfy_worker.gpus import Gpu
+from comfy_worker.jobs.report import phase_of
 from comfy_worker.model_affinity import models_in
-from comfy_worker.pipeline import phase_of
 from comfy_worker.scheduler import least_loaded
 from comfy_worker.settings import load_settings
 from comfy_worker.tuning import node_request, plan_launch_tuning

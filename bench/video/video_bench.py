@@ -5,7 +5,7 @@ the worker, each configuration a fresh ComfyUI on GPU 0, timed per sampler step 
         --workload wan14b --frames 81 --steps 4 --plan V,W,WF8 [--jobs 2] [--tag NAME] [--disk-read] [--deadline S]
 
 Configurations (CONFIGS): V vanilla ComfyUI defaults, jobs posted straight to it; W the worker with its defaults
-(comfy_worker.pipeline.Worker.handle, the handler's only call); WF8 the worker with the workflow's UNETLoader set to
+(comfy_worker.worker.Worker.handle, the handler's only call); WF8 the worker with the workflow's UNETLoader set to
 fp8_e4m3fn_fast (the lossy fp8 opt-in); *24 the same on a 24 GiB card (a ballast process holds the rest of the
 GPU, and the worker is told the card has 24 GiB); W24N/W24D/W24H force COMFY_VRAM_MODE normal/dynamic/high.
 A configuration marked cold starts with the workload's model files evicted from the page cache, so its first job
@@ -40,8 +40,8 @@ from workflows import workflow  # noqa: E402
 from comfy_worker.gpus import Gpu, detect_gpus  # noqa: E402
 from comfy_worker.instance import ComfyInstance, InstanceSpec  # noqa: E402
 from comfy_worker.model_files import workflow_model_files  # noqa: E402
-from comfy_worker.pipeline import Worker  # noqa: E402
 from comfy_worker.settings import load_settings  # noqa: E402
+from comfy_worker.worker import Worker  # noqa: E402
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "V": {"base": "vanilla", "cold": True},

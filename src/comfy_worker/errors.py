@@ -12,7 +12,7 @@
      ├── DeliveryFailed         outputs could not be returned (too large without a bucket, S3 refused)
      └── WorkerNotReady         the worker failed at start; every job gets the reason
 
-They become `{"error": "..."}` in exactly one place: the job pipeline's `handle`.
+They become `{"error": "..."}` in exactly one place: `Worker.handle`.
 """
 
 from __future__ import annotations

@@ -156,6 +156,11 @@ class Fleet:
         else:
             self._restart_failed(instance)
 
+    def gpu_of(self, instance: ComfyInstance) -> Gpu | None:
+        if instance.spec.gpu is None:
+            return None
+        return next((g for g in self.gpus if g.index == instance.spec.gpu), None)
+
     def relaunch(self, instance: ComfyInstance, tuning: LaunchTuning) -> None:
         """Restarts an instance with another launch tuning (another VRAM mode) and waits until it answers; called
         by the job that leased it, so no other job is on it. Raises InstanceUnavailable if it does not come back

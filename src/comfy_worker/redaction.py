@@ -1,5 +1,5 @@
 """The one rule for showing a URL: credentials removed. Used by every log line (logs.py's formatter) and every
-error a job returns (pipeline.py), so a signed URL or a `user:password@` never leaves the worker."""
+error a job returns (worker.py), so a signed URL or a `user:password@` never leaves the worker."""
 
 from __future__ import annotations
 

@@ -1,0 +1,157 @@
+"""The worker: starts the fleet of ComfyUI instances, warms them up, and hands each job to the job runner
+(jobs/runner.py). `Worker.handle` is where a job enters and leaves; it is also the one place where a failure
+becomes `{"error": "..."}`, so every path returns a message the user can act on and the worker keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .deadline import Deadline
+from .errors import WorkerError, WorkerNotReady
+from .fleet import Fleet
+from .follower import JobCancelled
+from .gpus import Gpu
+from .instance import ComfyInstance
+from .job_input import JobRequest, parse_job_input, wants_refresh
+from .jobs.context import JobContext
+from .jobs.runner import JobRunner
+from .logs import JobLog
+from .model_affinity import models_in
+from .model_cache import ModelCache
+from .model_files import workflow_model_files
+from .prefetch import Prefetcher
+from .progress import ProgressReporter, Sender, final_status, runpod_sender
+from .redaction import redact_text
+from .scheduler import Scheduler
+from .settings import Settings
+from .vram import model_roots
+from .warmup import load_warmup_workflow
+
+log = logging.getLogger("comfy_worker.worker")
+
+
+class Worker:
+    def __init__(self, settings: Settings, gpus: list[Gpu] | None = None, progress_sender: Sender | None = None):
+        self.settings = settings
+        self._gpus = gpus
+        self.fleet: Fleet | None = None
+        self.scheduler: Scheduler | None = None
+        self.runner: JobRunner | None = None
+        self.startup_error: str | None = None
+        self.progress_sender = progress_sender or (runpod_sender if settings.send_progress else None)
+        self.startup_s: dict[str, float] = {}  # instances_ready, warmup: where a cold start's time went
+        self._executor: ThreadPoolExecutor | None = None
+        self.model_cache: ModelCache | None = None
+        self.prefetcher = Prefetcher(settings.prefetch_threads)
+        self.model_roots: list[Path] = []
+
+    # --- life cycle ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Starts the fleet. A failure is kept and returned to every job, so a broken worker says why."""
+        started = time.monotonic()
+        try:
+            self.model_cache = ModelCache(self.settings.model_cache_dir, self.settings.model_cache_max_bytes,
+                                          self.settings.model_max_file_bytes, self.settings.model_download_timeout_s,
+                                          self.settings.url_guard)
+            cache_paths = self.model_cache.write_extra_model_paths(self.settings.work_dir / "model_cache_paths.yaml")
+            self.model_roots = model_roots(self.settings.comfyui_dir, (*self.settings.extra_model_paths, cache_paths))
+            self._read_ahead_warmup()
+            self.fleet = Fleet(self.settings, self._gpus, (cache_paths,))
+            self.fleet.start()
+            self.startup_s["instances_ready"] = round(time.monotonic() - started, 2)
+        except Exception as error:  # whatever it is, every job is told why instead of the handler crashing
+            self.startup_error = str(error) if isinstance(error, WorkerError) else f"{type(error).__name__}: {error}"
+            log.exception("the worker could not start: %s", self.startup_error)
+            return
+        self.scheduler = Scheduler(self.fleet.instances)
+        # Each running job holds a thread while it follows its prompt; give every instance room for several.
+        self._executor = ThreadPoolExecutor(4 * len(self.fleet.instances) + 4, thread_name_prefix="job")
+        self.runner = JobRunner(self.settings, self.fleet, self.scheduler, self.model_cache, self.prefetcher,
+                                self.model_roots, self._executor)
+        started = time.monotonic()
+        self.warm_up()
+        self.startup_s["warmup"] = round(time.monotonic() - started, 2)
+
+    def _read_ahead_warmup(self) -> None:
+        """The warm-up workflow's model files start loading into the page cache while the instances start."""
+        with contextlib.suppress(WorkerError):  # a broken warm-up workflow is reported by warm_up
+            workflow = load_warmup_workflow(self.settings.warmup_workflow)
+            if workflow is not None:
+                self.prefetcher.start([f.path for f in workflow_model_files(workflow, self.model_roots)], "warmup")
+
+    def warm_up(self) -> None:
+        """Runs WARMUP_WORKFLOW on every healthy instance at once (outside the scheduler: no job can be waiting
+        yet). A failing warm-up is logged with its reason; the worker still serves."""
+        try:
+            workflow = load_warmup_workflow(self.settings.warmup_workflow)
+        except WorkerError as error:
+            log.error("warm-up skipped: %s", error)
+            return
+        if workflow is None or self.fleet is None or self.runner is None:
+            return
+        request = parse_job_input({"workflow": workflow})
+        instances = [i for i in self.fleet.instances if i.healthy]
+        started = time.monotonic()
+        with ThreadPoolExecutor(len(instances) or 1) as pool:
+            results = list(pool.map(lambda instance: self._warm_up_one(instance, request), instances))
+        log.info("warm-up ran on %d instance(s) in %.1f s: %s", len(instances), time.monotonic() - started,
+                 ", ".join(results))
+
+    def _warm_up_one(self, instance: ComfyInstance, request: JobRequest) -> str:
+        assert self.runner is not None and self.scheduler is not None
+        job_log = JobLog("warmup")
+        job_log.instance = instance.label
+        started = time.monotonic()
+        ctx = JobContext({}, request, job_log, started, Deadline.after(self.settings.job_timeout_s, started),
+                         progress=ProgressReporter({}, instance.label, 1e9, None), instance=instance)
+        try:
+            self.runner.on_instance.run(ctx)
+        except (WorkerError, JobCancelled) as error:
+            job_log.error("warm-up failed: %s", error)
+            return f"{instance.label} failed"
+        self.scheduler.remember_models(instance.spec.index, models_in(request.workflow))
+        return f"{instance.label} {time.monotonic() - started:.1f} s"
+
+    def stop(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def concurrency(self) -> int:
+        """Jobs run at once: one per instance (a constant, so RunPod's scaler never drains to change it)."""
+        return len(self.fleet.instances) if self.fleet else 1
+
+    # --- one job ------------------------------------------------------------------------------------------------
+    async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        job_id = str(job.get("id") or "local")
+        job_log = JobLog(job_id)
+        result: dict[str, Any]
+        try:
+            if self.startup_error or self.runner is None:
+                raise WorkerNotReady(f"the worker failed to start: {self.startup_error or 'not started'}")
+            result = await self.runner.run(job, job_log, self.progress_sender)
+        except WorkerError as error:
+            job_log.error("failed: %s", error)
+            result = {"error": redact_text(str(error))}
+            if error.details:
+                result["details"] = [redact_text(line) for line in error.details]
+        except asyncio.CancelledError:
+            job_log.warning("cancelled")
+            raise
+        except Exception as error:
+            job_log.exception("internal error")
+            result = {"error": redact_text(f"internal worker error ({type(error).__name__}: {error}); the worker "
+                                           "keeps serving")}
+        result["status"] = final_status(result)
+        if self.settings.refresh_worker or wants_refresh(job.get("input")):
+            job_log.info("refresh_worker: RunPod ends this worker after the job")
+            result["refresh_worker"] = True  # the RunPod SDK takes it out of the output and stops the worker
+        return result
