@@ -38,11 +38,11 @@ log = logging.getLogger("comfy_worker.worker")
 
 class Worker:
     def __init__(self, settings: Settings, gpus: list[Gpu] | None = None, progress_sender: Sender | None = None):
+        self.runner: JobRunner | None = None
         self.settings = settings
         self._gpus = gpus
         self.fleet: Fleet | None = None
         self.scheduler: Scheduler | None = None
-        self.runner: JobRunner | None = None
         self.startup_error: str | None = None
         self.progress_sender = progress_sender or (runpod_sender if settings.send_progress else None)
         self.startup_s: dict[str, float] = {}  # instances_ready, warmup: where a cold start's time went
@@ -50,6 +50,17 @@ class Worker:
         self.model_cache: ModelCache | None = None
         self.prefetcher = Prefetcher(settings.prefetch_threads)
         self.model_roots: list[Path] = []
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        """Settings swapped in after the start (as tests do) apply to the next job and the next warm-up."""
+        self._settings = settings
+        if self.runner is not None:
+            self.runner.use_settings(settings)
 
     # --- life cycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:

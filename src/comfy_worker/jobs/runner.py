@@ -53,6 +53,9 @@ class JobRunner:
         self.recovery = Recovery(settings, fleet, executor)
         self.jobs_done = 0
 
+    def use_settings(self, settings: Settings) -> None:
+        self.settings = self.on_instance.settings = self.recovery.settings = settings
+
     async def run(self, job: dict[str, Any], job_log: JobLog, send_progress: Sender | None) -> dict[str, Any]:
         """One job, from its input to its answer. A step that fails raises a WorkerError naming what to fix."""
         ctx = self.parse(job, job_log, send_progress)
