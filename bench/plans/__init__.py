@@ -1,0 +1,1 @@
+"""One module per benchmark plan; bench/bench.py picks one with --plan."""

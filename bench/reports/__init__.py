@@ -1,0 +1,1 @@
+"""The pieces of bench/report.py: constants, the scaling run, tables, plots."""
