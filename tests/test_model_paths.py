@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from comfy_worker.fleet import write_custom_nodes_config
-from comfy_worker.model_cache import Credentials, ModelCache, http_request
+from comfy_worker.model_cache import ModelCache
 from comfy_worker.model_files import find_model_file
+from comfy_worker.model_sources import Credentials, http_request
 from comfy_worker.model_urls import ModelRef
 from comfy_worker.settings import load_settings
 from comfy_worker.url_guard import UrlGuard

@@ -22,7 +22,7 @@ from comfy_worker import s3
 from comfy_worker.delivery import deliver
 from comfy_worker.errors import DeliveryFailed
 from comfy_worker.instance import InstanceDirs
-from comfy_worker.model_cache import s3_object
+from comfy_worker.model_sources import s3_object
 from comfy_worker.model_urls import ModelRef
 from comfy_worker.outputs import IN_MEMORY_MAX_BYTES, OutputFile, read_output
 from comfy_worker.settings import S3Config

@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
-from urllib.parse import quote, unquote, urlsplit
+from typing import Any
 
 import requests
 import urllib3
@@ -34,13 +33,12 @@ import yaml
 
 from .deadline import NO_DEADLINE, Deadline
 from .errors import InvalidInput, ModelDownloadFailed, WorkerError
+from .model_sources import Credentials, chunks, file_sha256, http_request, read1_chunks, s3_object
 from .model_urls import MODEL_FOLDERS, ModelRef
-from .settings import S3Config
-from .url_guard import AddressRefused, UrlGuard, guarded_session, refused_cause
+from .url_guard import AddressRefused, UrlGuard, guarded_session
 
 log = logging.getLogger("comfy_worker.models")
 
-CHUNK = 1 << 20
 READ_TIMEOUT_S = 120.0
 LOCK_POLL_S = 0.2
 Progress = Callable[[dict[str, Any]], None]
@@ -66,12 +64,6 @@ class Limits:
         if self.stop is not None and self.stop.is_set():
             raise ModelDownloadFailed(f"{phase} was abandoned: the job was cancelled or ran out of time")
         self.deadline.check(phase)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    s3: S3Config | None  # the request's bucket credentials, else the worker's
-    hf_token: str
 
 
 class ModelCache:
@@ -281,7 +273,7 @@ class ModelCache:
         if scheme == "s3":
             body, size = s3_object(ref, credentials.s3)
             with contextlib.closing(body):
-                yield _chunks(body), size, True
+                yield chunks(body), size, True
             return
         url, headers = http_request(ref, credentials)
         with guarded_session(self.url_guard) as session, \
@@ -290,7 +282,7 @@ class ModelCache:
             if response.status_code != 200:
                 raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: HTTP {response.status_code}")
             length = response.headers.get("content-length")
-            yield _read1_chunks(response), int(length) if length and length.isdigit() else None, bool(headers)
+            yield read1_chunks(response), int(length) if length and length.isdigit() else None, bool(headers)
 
     def _check_access(self, ref: ModelRef, credentials: Credentials, job_log: logging.LoggerAdapter) -> None:
         """A cached file that needed credentials goes only to a job whose own credentials reach its source."""
@@ -390,67 +382,3 @@ class ModelCache:
             if total > self.max_bytes:
                 log.warning("model cache holds %.1f GB, over its %.1f GB limit: the rest is in use",
                             total / 1e9, self.max_bytes / 1e9)
-
-
-def http_request(ref: ModelRef, credentials: Credentials) -> tuple[str, dict[str, str]]:
-    """The https URL and headers for an http(s) or hf:// model. An hf:// URL becomes the `resolve` URL that
-    huggingface_hub's `hf_hub_url` builds; a revision with a slash is written %2F-encoded (`@refs%2Fpr%2F1`)."""
-    if ref.url.lower().startswith("hf://"):
-        parts = urlsplit(ref.url)
-        owner, repo_rev, *path = f"{parts.netloc}{parts.path}".split("/")
-        repo, _, revision = repo_rev.partition("@")
-        revision, file = quote(unquote(revision or "main"), safe=""), quote(unquote("/".join(path)))
-        url = f"https://huggingface.co/{owner}/{repo}/resolve/{revision}/{file}"
-        headers = dict(ref.headers)
-        if credentials.hf_token and "Authorization" not in headers:
-            headers["Authorization"] = f"Bearer {credentials.hf_token}"
-        return url, headers
-    return ref.url, dict(ref.headers)
-
-
-def s3_object(ref: ModelRef, config: S3Config | None, head_only: bool = False) -> tuple[BinaryIO, int | None]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from .s3 import client as s3_client  # boto3 is slow to import and only needed here
-
-    if config is None:
-        raise ModelDownloadFailed(f"{ref.shown_url} needs S3 credentials: give 's3' in the job or set BUCKET_*")
-    parts = urlsplit(ref.url)
-    bucket, key = parts.netloc, parts.path.lstrip("/")
-    client = s3_client(config)
-    try:
-        if head_only:
-            client.head_object(Bucket=bucket, Key=key)
-            return None, None  # type: ignore[return-value]
-        answer = client.get_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: HTTP {status} "
-                                  f"({error.response.get('Error', {}).get('Code')})") from None
-    except BotoCoreError as error:
-        refused = refused_cause(error)
-        if refused is not None:
-            raise InvalidInput(f"downloading {ref.shown_url} from the job's S3 endpoint was refused: "
-                               f"{refused}") from None
-        raise ModelDownloadFailed(f"downloading {ref.shown_url} failed: {type(error).__name__}") from None
-    return answer["Body"], answer.get("ContentLength")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read1_chunks(response: requests.Response) -> Iterator[bytes]:
-    """What each socket read brings (up to CHUNK): the caller checks its limits after every read, however slowly
-    the server sends."""
-    while chunk := response.raw.read1(CHUNK, decode_content=True):
-        yield chunk
-
-
-def _chunks(body: Any) -> Iterator[bytes]:
-    while chunk := body.read(CHUNK):
-        yield chunk

@@ -23,8 +23,9 @@ from ..input_files import decode_input_file
 from ..job_input import JobRequest, parse_job_input
 from ..logs import JobLog
 from ..model_affinity import models_in
-from ..model_cache import Credentials, Fetched, Limits, ModelCache
+from ..model_cache import Fetched, Limits, ModelCache
 from ..model_files import workflow_model_files
+from ..model_sources import Credentials
 from ..prefetch import Prefetcher
 from ..progress import ProgressReporter, Sender, queued_payload
 from ..redaction import redact_url
