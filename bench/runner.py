@@ -19,11 +19,11 @@ from typing import Any
 from probes import GpuSampler, cpu_seconds, meminfo_mib, smaps_mib
 from workloads import WORKLOADS
 
-from comfy_worker.fleet import write_custom_nodes_config
-from comfy_worker.gpus import detect_gpus
-from comfy_worker.instance import ComfyInstance, InstanceSpec
+from comfy_worker.fleet.fleet import write_custom_nodes_config
+from comfy_worker.fleet.gpus import detect_gpus
+from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec
+from comfy_worker.fleet.tuning import LaunchTuning
 from comfy_worker.settings import Settings, load_settings
-from comfy_worker.tuning import LaunchTuning
 from comfy_worker.worker import Worker
 
 log = logging.getLogger("bench")

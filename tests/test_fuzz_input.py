@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from workflows import invert, load_invert
 
 from comfy_worker.errors import InvalidInput
-from comfy_worker.job_input import parse_job_input
+from comfy_worker.jobs.job_input import parse_job_input
 from comfy_worker.url_guard import UrlGuard
 
 PARSE_CASES = 600
@@ -139,7 +139,7 @@ def test_malformed_inputs_are_refused_with_a_message_naming_the_problem(raw):
         assert isinstance(str(error), str) and len(str(error)) > 15
         return
     # what parses must be refused later, when its files are decoded
-    from comfy_worker.input_files import decode_input_file
+    from comfy_worker.jobs.input_files import decode_input_file
 
     with pytest.raises(InvalidInput):
         for item in request.files:

@@ -15,8 +15,8 @@ import pytest
 from conftest import REPO_ROOT_FOR_TESTS, make_job, worker_env
 from workflows import invert, sleep, through
 
+from comfy_worker.fleet.tuning import LaunchTuning
 from comfy_worker.settings import load_settings
-from comfy_worker.tuning import LaunchTuning
 from comfy_worker.worker import Worker
 
 pytestmark = pytest.mark.comfyui

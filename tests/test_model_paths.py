@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from comfy_worker.fleet import write_custom_nodes_config
-from comfy_worker.model_cache import ModelCache
-from comfy_worker.model_files import find_model_file
-from comfy_worker.model_sources import Credentials, http_request
-from comfy_worker.model_urls import ModelRef
+from comfy_worker.fleet.fleet import write_custom_nodes_config
+from comfy_worker.fleet.vram import model_roots
+from comfy_worker.models.cache import ModelCache
+from comfy_worker.models.files import find_model_file
+from comfy_worker.models.sources import Credentials, http_request
+from comfy_worker.models.urls import ModelRef
 from comfy_worker.settings import load_settings
 from comfy_worker.url_guard import UrlGuard
-from comfy_worker.vram import model_roots
 
 AWKWARD = ("my models", "it's \"quoted\"", "v2: final", "#1 # not a comment", "-dash", "ünïcode")
 COMFYUI = Path("/opt/ComfyUI")

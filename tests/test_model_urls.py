@@ -18,9 +18,9 @@ import pytest
 from conftest import make_job
 
 from comfy_worker.errors import InvalidInput, ModelDownloadFailed
-from comfy_worker.model_cache import ModelCache
-from comfy_worker.model_sources import Credentials
-from comfy_worker.model_urls import ModelRef, parse_models, rewrite_workflow_urls
+from comfy_worker.models.cache import ModelCache
+from comfy_worker.models.sources import Credentials
+from comfy_worker.models.urls import ModelRef, parse_models, rewrite_workflow_urls
 from comfy_worker.settings import S3Config
 from comfy_worker.url_guard import UrlGuard
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_job
 from workflows import invert, sleep
 
-from comfy_worker.progress import NodeCounter, ProgressReporter
+from comfy_worker.jobs.progress import NodeCounter, ProgressReporter
 
 pytestmark = pytest.mark.comfyui
 
@@ -89,7 +89,7 @@ def test_cached_nodes_count_as_done():
 
 def test_updates_between_sends_still_count(monkeypatch):
     clock = iter([0.0, 0.2, 0.4, 1.1])
-    monkeypatch.setattr("comfy_worker.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("comfy_worker.jobs.progress.time.monotonic", lambda: next(clock))
     sent = []
     reporter = ProgressReporter({"id": "j"}, "gpu0", 1.0, lambda job, payload: sent.append(payload), 3, None)
     for update in ({"node": "1"}, {"node": "2"}, {"node": "3"}, {"node": "3", "step": 1, "steps": 2}):

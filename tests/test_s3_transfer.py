@@ -19,12 +19,12 @@ import requests
 from conftest import free_port_block
 
 from comfy_worker import s3
-from comfy_worker.delivery import deliver
+from comfy_worker.delivery.deliver import deliver
+from comfy_worker.delivery.outputs import IN_MEMORY_MAX_BYTES, OutputFile, read_output
 from comfy_worker.errors import DeliveryFailed
-from comfy_worker.instance import InstanceDirs
-from comfy_worker.model_sources import s3_object
-from comfy_worker.model_urls import ModelRef
-from comfy_worker.outputs import IN_MEMORY_MAX_BYTES, OutputFile, read_output
+from comfy_worker.fleet.instance import InstanceDirs
+from comfy_worker.models.sources import s3_object
+from comfy_worker.models.urls import ModelRef
 from comfy_worker.settings import S3Config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import pytest
 from conftest import make_job
 from workflows import invert
 
-from comfy_worker.typed_outputs import media_type
+from comfy_worker.delivery.typed_outputs import media_type
 
 pytestmark = pytest.mark.comfyui
 

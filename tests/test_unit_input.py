@@ -7,8 +7,8 @@ import base64
 import pytest
 
 from comfy_worker.errors import InvalidInput
-from comfy_worker.input_files import decode_input_file
-from comfy_worker.job_input import InputFile, parse_job_input
+from comfy_worker.jobs.input_files import decode_input_file
+from comfy_worker.jobs.job_input import InputFile, parse_job_input
 from comfy_worker.url_guard import UrlGuard
 
 NODE = {"1": {"class_type": "EmptyImage", "inputs": {}}}
@@ -134,7 +134,7 @@ def test_a_redirect_is_followed_only_to_another_http_url(http_server):
 
 
 def test_image_format_and_quality_are_checked():
-    from comfy_worker.job_input import parse_job_input
+    from comfy_worker.jobs.job_input import parse_job_input
 
     workflow = {"1": {"class_type": "EmptyImage", "inputs": {}}}
     default = parse_job_input({"workflow": workflow})

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from comfy_worker.comfy_client import describe_rejection
-from comfy_worker.delivery import base64_size, choose_mode
+from comfy_worker.comfy.client import describe_rejection
+from comfy_worker.comfy.workflow_rewrite import isolate_outputs, user_subfolder
+from comfy_worker.delivery.deliver import base64_size, choose_mode
+from comfy_worker.delivery.outputs import find_outputs
 from comfy_worker.errors import DeliveryFailed
-from comfy_worker.fleet import plan_instances
-from comfy_worker.gpus import Gpu
-from comfy_worker.instance import InstanceDirs, InstanceSpec, build_command
-from comfy_worker.outputs import find_outputs
-from comfy_worker.progress import ProgressReporter
-from comfy_worker.scheduler import least_loaded
+from comfy_worker.fleet.fleet import plan_instances
+from comfy_worker.fleet.gpus import Gpu
+from comfy_worker.fleet.instance import InstanceDirs, InstanceSpec, build_command
+from comfy_worker.fleet.scheduler import least_loaded
+from comfy_worker.jobs.progress import ProgressReporter
 from comfy_worker.settings import REPO_ROOT, VARIABLES, SettingsError, load_settings
-from comfy_worker.workflow_rewrite import isolate_outputs, user_subfolder
 
 GPUS = [Gpu(i, "H200", 143771) for i in range(4)]
 
@@ -181,7 +181,7 @@ def test_validation_errors_become_readable_lines():
 def test_progress_is_throttled_and_names_the_gpu(monkeypatch):
     sent = []
     clock = iter([0.0, 0.3, 1.2, 1.5, 2.4])
-    monkeypatch.setattr("comfy_worker.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("comfy_worker.jobs.progress.time.monotonic", lambda: next(clock))
     reporter = ProgressReporter({"id": "j"}, "gpu1", 1.0, lambda job, payload: sent.append(payload))
     for step in range(5):
         reporter({"node": "3", "step": step, "steps": 5})
@@ -192,7 +192,7 @@ def test_a_job_queued_for_an_instance_that_became_unhealthy_is_given_another():
     import asyncio
     from types import SimpleNamespace
 
-    from comfy_worker.scheduler import Scheduler
+    from comfy_worker.fleet.scheduler import Scheduler
 
     first, second = SimpleNamespace(label="cpu0", healthy=True), SimpleNamespace(label="cpu1", healthy=False)
     scheduler = Scheduler([first, second])
@@ -224,7 +224,7 @@ def test_a_job_with_a_deadline_stops_waiting_in_the_queue():
 
     from comfy_worker.deadline import Deadline
     from comfy_worker.errors import JobTimedOut
-    from comfy_worker.scheduler import Scheduler
+    from comfy_worker.fleet.scheduler import Scheduler
 
     scheduler = Scheduler([SimpleNamespace(label="cpu0", healthy=True)])
 

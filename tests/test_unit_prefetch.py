@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from comfy_worker.prefetch import CHUNK_BYTES, Prefetcher, read_into_page_cache, resident_fraction
+from comfy_worker.models.prefetch import CHUNK_BYTES, Prefetcher, read_into_page_cache, resident_fraction
 
 
 def test_a_file_just_written_is_resident_and_is_not_read_again(tmp_path: Path):

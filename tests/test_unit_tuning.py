@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from comfy_worker.cpu_layout import compact, gpu_numa_node, numa_node_cpus, parse_cpulist, plan_cpu_sets
 from comfy_worker.errors import InvalidInput
-from comfy_worker.gpus import Gpu
+from comfy_worker.fleet.cpu_layout import compact, gpu_numa_node, numa_node_cpus, parse_cpulist, plan_cpu_sets
+from comfy_worker.fleet.gpus import Gpu
+from comfy_worker.fleet.scheduler import least_loaded
+from comfy_worker.fleet.tuning import node_request, plan_launch_tuning
+from comfy_worker.fleet.vram import GIB, choose_vram_mode, model_roots
 from comfy_worker.jobs.report import phase_of
-from comfy_worker.model_affinity import models_in
-from comfy_worker.scheduler import least_loaded
+from comfy_worker.jobs.warmup import load_warmup_workflow
+from comfy_worker.models.affinity import models_in
 from comfy_worker.settings import load_settings
-from comfy_worker.tuning import node_request, plan_launch_tuning
-from comfy_worker.vram import GIB, choose_vram_mode, model_roots
-from comfy_worker.warmup import load_warmup_workflow
 
 H200_MIB = 143771
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comfy_worker.model_files import ModelFile, find_model_file, workflow_model_files
+from comfy_worker.fleet.slow_paths import JobModels, job_models, slow_path_warnings
+from comfy_worker.fleet.tuning import LaunchTuning, vram_switch
+from comfy_worker.fleet.vram import GIB, MODE_FLAGS, VramChoice, job_vram_choice, resident_bytes
+from comfy_worker.models.files import ModelFile, find_model_file, workflow_model_files
 from comfy_worker.settings import load_settings
-from comfy_worker.slow_paths import JobModels, job_models, slow_path_warnings
-from comfy_worker.tuning import LaunchTuning, vram_switch
-from comfy_worker.vram import GIB, MODE_FLAGS, VramChoice, job_vram_choice, resident_bytes
 
 LOGS = Path(__file__).parent / "data" / "comfyui_logs"
 CARD_24_MIB = 24 * 1024

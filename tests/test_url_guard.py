@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from comfy_worker.errors import DeliveryFailed, InvalidInput
-from comfy_worker.input_files import decode_input_file
-from comfy_worker.job_input import InputFile
+from comfy_worker.jobs.input_files import decode_input_file
+from comfy_worker.jobs.job_input import InputFile
 from comfy_worker.redaction import redact_text, redact_url
 from comfy_worker.s3 import upload
 from comfy_worker.settings import S3Config, SettingsError, load_settings

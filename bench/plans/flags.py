@@ -11,8 +11,8 @@ from runner import (
     Bench,
 )
 
+from comfy_worker.fleet.tuning import LaunchTuning, node_request, plan_launch_tuning
 from comfy_worker.settings import Settings
-from comfy_worker.tuning import LaunchTuning, node_request, plan_launch_tuning
 
 log = logging.getLogger("bench")
 

@@ -14,7 +14,7 @@ from runner import (
     median,
 )
 
-from comfy_worker.instance import ComfyInstance
+from comfy_worker.fleet.instance import ComfyInstance
 
 log = logging.getLogger("bench")
 
@@ -22,9 +22,9 @@ log = logging.getLogger("bench")
 def plan_p2probe(bench: Bench) -> None:
     """Where the worker's per-job overhead (P2) comes from, one hypothesis per phase, on GPU 0."""
 
-    from comfy_worker.follower import PromptFollower
+    from comfy_worker.comfy.follower import PromptFollower
+    from comfy_worker.jobs.progress import ProgressReporter
     from comfy_worker.logs import JobLog
-    from comfy_worker.progress import ProgressReporter
 
     rounds = 2 if bench.args.cpu else 7
 

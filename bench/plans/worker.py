@@ -13,7 +13,7 @@ from runner import (
     memory_snapshot,
 )
 
-from comfy_worker.tuning import LaunchTuning, node_request, plan_launch_tuning
+from comfy_worker.fleet.tuning import LaunchTuning, node_request, plan_launch_tuning
 
 log = logging.getLogger("bench")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from comfy_worker.prefetch import read_into_page_cache
+from comfy_worker.models.prefetch import read_into_page_cache
 
 
 class GpuSampler:

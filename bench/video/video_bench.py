@@ -37,9 +37,9 @@ sys.path.insert(0, str(HERE))
 from host_probes import Ballast, GpuSampler, disk_read_rates, evict, meminfo_used_mib, process_memory_mib  # noqa: E402
 from workflows import workflow  # noqa: E402
 
-from comfy_worker.gpus import Gpu, detect_gpus  # noqa: E402
-from comfy_worker.instance import ComfyInstance, InstanceSpec  # noqa: E402
-from comfy_worker.model_files import workflow_model_files  # noqa: E402
+from comfy_worker.fleet.gpus import Gpu, detect_gpus  # noqa: E402
+from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec  # noqa: E402
+from comfy_worker.models.files import workflow_model_files  # noqa: E402
 from comfy_worker.settings import load_settings  # noqa: E402
 from comfy_worker.worker import Worker  # noqa: E402
 

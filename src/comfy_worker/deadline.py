@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .errors import JobTimedOut
+from comfy_worker.errors import JobTimedOut
 
 # How long past its deadline a job may take to answer: the blocking steps are given their remaining time, the
 # waits around them this much more, so that a step's own, more precise error arrives first.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any
 
-from .errors import InvalidInput
+from comfy_worker.errors import InvalidInput
 
 MAX_NAME_BYTES = 255  # a file name's limit on Linux file systems
 # folders ComfyUI itself keeps in its input folder (Load3D makes input/3d): a file cannot take their name

@@ -7,7 +7,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-from .redaction import redact_text
+from comfy_worker.redaction import redact_text
 
 ROOT = "comfy_worker"
 

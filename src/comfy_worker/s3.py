@@ -21,10 +21,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import DeliveryFailed
-from .redaction import redact_url
-from .settings import S3Config
-from .url_guard import guard_boto_client, refused_cause
+from comfy_worker.errors import DeliveryFailed
+from comfy_worker.redaction import redact_url
+from comfy_worker.settings import S3Config
+from comfy_worker.url_guard import guard_boto_client, refused_cause
 
 PART_BYTES = 16 * 1024 * 1024
 TRANSFER = TransferConfig(

@@ -12,26 +12,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .deadline import Deadline
-from .errors import WorkerError, WorkerNotReady
-from .fleet import Fleet
-from .follower import JobCancelled
-from .gpus import Gpu
-from .instance import ComfyInstance
-from .job_input import JobRequest, parse_job_input, wants_refresh
-from .jobs.context import JobContext
-from .jobs.runner import JobRunner
-from .logs import JobLog
-from .model_affinity import models_in
-from .model_cache import ModelCache
-from .model_files import workflow_model_files
-from .prefetch import Prefetcher
-from .progress import ProgressReporter, Sender, final_status, runpod_sender
-from .redaction import redact_text
-from .scheduler import Scheduler
-from .settings import Settings
-from .vram import model_roots
-from .warmup import load_warmup_workflow
+from comfy_worker.comfy.follower import JobCancelled
+from comfy_worker.deadline import Deadline
+from comfy_worker.errors import WorkerError, WorkerNotReady
+from comfy_worker.fleet.fleet import Fleet
+from comfy_worker.fleet.gpus import Gpu
+from comfy_worker.fleet.instance import ComfyInstance
+from comfy_worker.fleet.scheduler import Scheduler
+from comfy_worker.fleet.vram import model_roots
+from comfy_worker.jobs.context import JobContext
+from comfy_worker.jobs.job_input import JobRequest, parse_job_input, wants_refresh
+from comfy_worker.jobs.progress import ProgressReporter, Sender, final_status, runpod_sender
+from comfy_worker.jobs.runner import JobRunner
+from comfy_worker.jobs.warmup import load_warmup_workflow, warmup_model_files
+from comfy_worker.logs import JobLog
+from comfy_worker.models.affinity import models_in
+from comfy_worker.models.cache import ModelCache
+from comfy_worker.models.files import workflow_model_files
+from comfy_worker.models.prefetch import Prefetcher
+from comfy_worker.redaction import redact_text
+from comfy_worker.settings import Settings
 
 log = logging.getLogger("comfy_worker.worker")
 
@@ -73,7 +73,7 @@ class Worker:
             cache_paths = self.model_cache.write_extra_model_paths(self.settings.work_dir / "model_cache_paths.yaml")
             self.model_roots = model_roots(self.settings.comfyui_dir, (*self.settings.extra_model_paths, cache_paths))
             self._read_ahead_warmup()
-            self.fleet = Fleet(self.settings, self._gpus, (cache_paths,))
+            self.fleet = Fleet(self.settings, self._gpus, (cache_paths,), warmup_model_files(self.settings))
             self.fleet.start()
             self.startup_s["instances_ready"] = round(time.monotonic() - started, 2)
         except Exception as error:  # whatever it is, every job is told why instead of the handler crashing

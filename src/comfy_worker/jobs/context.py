@@ -7,14 +7,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..deadline import Deadline
-from ..follower import Execution
-from ..instance import ComfyInstance
-from ..job_input import JobRequest
-from ..logs import JobLog
-from ..model_cache import Fetched
-from ..outputs import OutputData, OutputFile, OutputText
-from ..progress import ProgressReporter, Sender
+from comfy_worker.comfy.follower import Execution
+from comfy_worker.deadline import Deadline
+from comfy_worker.delivery.outputs import OutputData, OutputFile, OutputText
+from comfy_worker.fleet.instance import ComfyInstance
+from comfy_worker.jobs.job_input import JobRequest
+from comfy_worker.jobs.progress import ProgressReporter, Sender
+from comfy_worker.logs import JobLog
+from comfy_worker.models.cache import Fetched
 
 
 @dataclass

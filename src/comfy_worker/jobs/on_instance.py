@@ -11,21 +11,28 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExecutionFailed, InstanceDied, InstanceUnavailable, InvalidInput, WorkerError, strip_host_paths
-from ..fleet import Fleet
-from ..follower import Execution, JobCancelled, PromptFollower
-from ..instance import ComfyInstance
-from ..job_files import remove_new, snapshot
-from ..model_files import ModelFile, workflow_model_files
-from ..outputs import OutputFile, find_outputs, read_output
-from ..recovery import api_node_ids, class_types, paid_nodes_started
-from ..request_limits import check_output_size
-from ..settings import Settings
-from ..slow_paths import job_models, slow_path_warnings
-from ..tuning import vram_switch
-from ..workflow_rewrite import isolate_outputs, job_folder_name
-from .context import JobContext, RunOutcome, ms_since
-from .report import execution_timings
+from comfy_worker.comfy.follower import Execution, JobCancelled, PromptFollower
+from comfy_worker.comfy.workflow_rewrite import isolate_outputs, job_folder_name
+from comfy_worker.delivery.outputs import OutputFile, find_outputs, read_output
+from comfy_worker.errors import (
+    ExecutionFailed,
+    InstanceDied,
+    InstanceUnavailable,
+    InvalidInput,
+    WorkerError,
+    strip_host_paths,
+)
+from comfy_worker.fleet.fleet import Fleet
+from comfy_worker.fleet.instance import ComfyInstance
+from comfy_worker.fleet.recovery import api_node_ids, class_types, paid_nodes_started
+from comfy_worker.fleet.slow_paths import job_models, slow_path_warnings
+from comfy_worker.fleet.tuning import vram_switch
+from comfy_worker.jobs.context import JobContext, RunOutcome, ms_since
+from comfy_worker.jobs.job_files import remove_new, snapshot
+from comfy_worker.jobs.report import execution_timings
+from comfy_worker.jobs.request_limits import check_output_size
+from comfy_worker.models.files import ModelFile, workflow_model_files
+from comfy_worker.settings import Settings
 
 
 class OnInstance:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..delivery import Delivery
-from ..follower import Execution
-from ..instance import ComfyInstance
-from ..redaction import redact_text
-from .context import JobContext, RunOutcome, ms_since
+from comfy_worker.comfy.follower import Execution
+from comfy_worker.delivery.deliver import Delivery
+from comfy_worker.fleet.instance import ComfyInstance
+from comfy_worker.jobs.context import JobContext, RunOutcome, ms_since
+from comfy_worker.redaction import redact_text
 
 
 def job_result(ctx: JobContext, outcome: RunOutcome, delivery: Delivery, metrics: list[dict[str, Any]]

@@ -7,13 +7,13 @@ import asyncio
 import threading
 from concurrent.futures import Executor
 
-from ..deadline import GRACE_S
-from ..errors import ExecutionFailed, InstanceDied, InstanceUnavailable, JobTimedOut, WorkerError
-from ..fleet import Fleet
-from ..instance import ComfyInstance
-from ..recovery import out_of_memory_error, paid_work_note, restart_if_hung, retry_reason
-from ..settings import Settings
-from .context import JobContext
+from comfy_worker.deadline import GRACE_S
+from comfy_worker.errors import ExecutionFailed, InstanceDied, InstanceUnavailable, JobTimedOut, WorkerError
+from comfy_worker.fleet.fleet import Fleet
+from comfy_worker.fleet.instance import ComfyInstance
+from comfy_worker.fleet.recovery import out_of_memory_error, paid_work_note, restart_if_hung, retry_reason
+from comfy_worker.jobs.context import JobContext
+from comfy_worker.settings import Settings
 
 
 class Recovery:

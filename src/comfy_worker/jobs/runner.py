@@ -13,30 +13,30 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..deadline import GRACE_S, Deadline
-from ..delivery import Delivery, deliver
-from ..errors import ExecutionFailed, InvalidInput, WorkerError
-from ..fleet import Fleet
-from ..follower import SETTLE_AFTER_TIMEOUT_S
-from ..image_format import convert_images
-from ..input_files import decode_input_file
-from ..job_input import JobRequest, parse_job_input
-from ..logs import JobLog
-from ..model_affinity import models_in
-from ..model_cache import Fetched, Limits, ModelCache
-from ..model_files import workflow_model_files
-from ..model_sources import Credentials
-from ..prefetch import Prefetcher
-from ..progress import ProgressReporter, Sender, queued_payload
-from ..redaction import redact_url
-from ..request_limits import check_request
-from ..scheduler import Scheduler
-from ..settings import Settings
-from ..url_guard import AddressRefused
-from .context import JobContext, RunOutcome, ms_since
-from .on_instance import OnInstance
-from .report import job_result
-from .retry import Recovery
+from comfy_worker.comfy.follower import SETTLE_AFTER_TIMEOUT_S
+from comfy_worker.deadline import GRACE_S, Deadline
+from comfy_worker.delivery.deliver import Delivery, deliver
+from comfy_worker.delivery.image_format import convert_images
+from comfy_worker.errors import ExecutionFailed, InvalidInput, WorkerError
+from comfy_worker.fleet.fleet import Fleet
+from comfy_worker.fleet.scheduler import Scheduler
+from comfy_worker.jobs.context import JobContext, RunOutcome, ms_since
+from comfy_worker.jobs.input_files import decode_input_file
+from comfy_worker.jobs.job_input import JobRequest, parse_job_input
+from comfy_worker.jobs.on_instance import OnInstance
+from comfy_worker.jobs.progress import ProgressReporter, Sender, queued_payload
+from comfy_worker.jobs.report import job_result
+from comfy_worker.jobs.request_limits import check_request
+from comfy_worker.jobs.retry import Recovery
+from comfy_worker.logs import JobLog
+from comfy_worker.models.affinity import models_in
+from comfy_worker.models.cache import Fetched, Limits, ModelCache
+from comfy_worker.models.files import workflow_model_files
+from comfy_worker.models.prefetch import Prefetcher
+from comfy_worker.models.sources import Credentials
+from comfy_worker.redaction import redact_url
+from comfy_worker.settings import Settings
+from comfy_worker.url_guard import AddressRefused
 
 log = logging.getLogger("comfy_worker.jobs")
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from .fleet import FLEET, FleetSettings, comfy_cache_flags, loopback_host
-from .jobs import JOBS, JobSettings
-from .models import MODELS, ModelSettings
-from .outputs import OUTPUT_MODES, OUTPUTS, OutputSettings, S3Config, split_bucket_endpoint
-from .performance import PERFORMANCE, PerformanceSettings
-from .process import PROCESS, ProcessSettings
-from .reader import REPO_ROOT, EnvReader, SettingsError, Variable, quiet_runpod_sdk
+from comfy_worker.settings.fleet import FLEET, FleetSettings, comfy_cache_flags, loopback_host
+from comfy_worker.settings.jobs import JOBS, JobSettings
+from comfy_worker.settings.models import MODELS, ModelSettings
+from comfy_worker.settings.outputs import OUTPUT_MODES, OUTPUTS, OutputSettings, S3Config, split_bucket_endpoint
+from comfy_worker.settings.performance import PERFORMANCE, PerformanceSettings
+from comfy_worker.settings.process import PROCESS, ProcessSettings
+from comfy_worker.settings.reader import REPO_ROOT, EnvReader, SettingsError, Variable, quiet_runpod_sdk
 
 VARIABLES: tuple[Variable, ...] = FLEET + PERFORMANCE + JOBS + MODELS + OUTPUTS + PROCESS
 GROUPS = (FleetSettings, PerformanceSettings, JobSettings, ModelSettings, OutputSettings, ProcessSettings)

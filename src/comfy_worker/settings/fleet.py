@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .reader import REPO_ROOT, EnvReader, SettingsError, Variable
+from comfy_worker.settings.reader import REPO_ROOT, EnvReader, SettingsError, Variable
 
 FLEET = (
     Variable("COMFYUI_DIR", "<repo>/.comfyui/ComfyUI", "The ComfyUI installation every instance runs.", "fleet"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..url_guard import UrlGuard
-from .reader import EnvReader, SettingsError, Variable
+from comfy_worker.settings.reader import EnvReader, SettingsError, Variable
+from comfy_worker.url_guard import UrlGuard
 
 JOBS = (
     Variable("JOB_TIMEOUT_S", "1800",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .reader import NETWORK_VOLUME, EnvReader, Variable
+from comfy_worker.settings.reader import NETWORK_VOLUME, EnvReader, Variable
 
 MODELS = (
     Variable("MODEL_CACHE_DIR",

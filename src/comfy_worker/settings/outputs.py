@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from ..url_guard import UrlGuard
-from .reader import EnvReader, SettingsError, Variable
+from comfy_worker.settings.reader import EnvReader, SettingsError, Variable
+from comfy_worker.url_guard import UrlGuard
 
 OUTPUTS = (
     Variable("OUTPUT_MODE", "auto",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .reader import NETWORK_VOLUME, EnvReader, SettingsError, Variable
+from comfy_worker.settings.reader import NETWORK_VOLUME, EnvReader, SettingsError, Variable
 
 PERFORMANCE = (
     Variable("COMFY_VRAM_MODE", "auto",

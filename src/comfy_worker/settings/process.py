@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .reader import EnvReader, Variable
+from comfy_worker.settings.reader import EnvReader, Variable
 
 PROCESS = (
     Variable("RUNPOD_LOG_LEVEL", "INFO",

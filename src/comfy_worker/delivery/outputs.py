@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .instance import InstanceDirs
-from .workflow_rewrite import user_subfolder
+from comfy_worker.comfy.workflow_rewrite import user_subfolder
+from comfy_worker.fleet.instance import InstanceDirs
 
 FILE_KEYS = {"images": "images", "gifs": "gifs", "audio": "audio", "video": "videos", "videos": "videos", "3d": "3d"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}

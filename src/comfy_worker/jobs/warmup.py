@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput, WorkerError
-from .job_input import parse_job_input
-from .model_files import ModelFile, workflow_model_files
-from .settings import Settings
-from .vram import model_roots
+from comfy_worker.errors import InvalidInput, WorkerError
+from comfy_worker.fleet.vram import model_roots
+from comfy_worker.jobs.job_input import parse_job_input
+from comfy_worker.models.files import ModelFile, workflow_model_files
+from comfy_worker.settings import Settings
 
 
 def load_warmup_workflow(value: str) -> dict[str, Any] | None:

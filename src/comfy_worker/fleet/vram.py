@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .model_files import ModelFile
+from comfy_worker.models.files import ModelFile
 
 log = logging.getLogger("comfy_worker.vram")
 

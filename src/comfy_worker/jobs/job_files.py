@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .instance import InstanceDirs
+from comfy_worker.fleet.instance import InstanceDirs
 
 
 def job_folders(dirs: InstanceDirs) -> tuple[Path, ...]:

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DeliveryFailed
-from .outputs import OutputData, OutputFile, OutputText, data_bytes, data_size
-from .settings import S3Config
-from .typed_outputs import file_entry, text_entry
+from comfy_worker.delivery.outputs import OutputData, OutputFile, OutputText, data_bytes, data_size
+from comfy_worker.delivery.typed_outputs import file_entry, text_entry
+from comfy_worker.errors import DeliveryFailed
+from comfy_worker.settings import S3Config
 
 JSON_HEADROOM_BYTES = 64_000  # the rest of the response: metrics, timings, names
 
@@ -79,7 +79,7 @@ def deliver(
         if output.animated:
             item["animated"] = True
         if mode == "s3":
-            from . import s3  # boto3 is slow to import and only needed here
+            from comfy_worker import s3  # boto3 is slow to import and only needed here
 
             assert bucket is not None
             item.update(type="s3_url", data=s3.upload(bucket, s3.object_key(bucket, job_id, output.name), data,

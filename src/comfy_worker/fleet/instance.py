@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .comfy_client import ComfyClient
-from .errors import InstanceUnavailable
-from .settings import Settings
-from .tuning import LaunchTuning
+from comfy_worker.comfy.client import ComfyClient
+from comfy_worker.errors import InstanceUnavailable
+from comfy_worker.fleet.tuning import LaunchTuning
+from comfy_worker.settings import Settings
 
 log = logging.getLogger("comfy_worker.instance")
 comfy_log = logging.getLogger("comfy_worker.comfyui")

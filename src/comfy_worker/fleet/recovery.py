@@ -8,11 +8,11 @@ import logging
 import time
 from typing import Any
 
-from .errors import ExecutionFailed, InstanceDied, WorkerError
-from .follower import PromptFollower
-from .gpus import Gpu
-from .instance import ComfyInstance
-from .settings import Settings
+from comfy_worker.comfy.follower import PromptFollower
+from comfy_worker.errors import ExecutionFailed, InstanceDied, WorkerError
+from comfy_worker.fleet.gpus import Gpu
+from comfy_worker.fleet.instance import ComfyInstance
+from comfy_worker.settings import Settings
 
 log = logging.getLogger("comfy_worker.recovery")
 

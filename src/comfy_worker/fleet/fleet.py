@@ -10,12 +10,12 @@ from pathlib import Path
 
 import yaml
 
-from .errors import InstanceUnavailable, WorkerNotReady
-from .gpus import Gpu, detect_gpus
-from .instance import ComfyInstance, InstanceSpec
-from .settings import Settings
-from .tuning import WORKER_NODES_DIR, LaunchTuning, node_request, plan_launch_tuning
-from .warmup import warmup_model_files
+from comfy_worker.errors import InstanceUnavailable, WorkerNotReady
+from comfy_worker.fleet.gpus import Gpu, detect_gpus
+from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec
+from comfy_worker.fleet.tuning import WORKER_NODES_DIR, LaunchTuning, node_request, plan_launch_tuning
+from comfy_worker.models.files import ModelFile
+from comfy_worker.settings import Settings
 
 log = logging.getLogger("comfy_worker.fleet")
 
@@ -47,13 +47,14 @@ def write_custom_nodes_config(settings: Settings) -> Path:
 
 
 class Fleet:
-    def __init__(self, settings: Settings, gpus: list[Gpu] | None = None, more_model_paths: tuple[Path, ...] = ()
-                 ) -> None:
+    def __init__(self, settings: Settings, gpus: list[Gpu] | None = None, more_model_paths: tuple[Path, ...] = (),
+                 warmup_files: list[ModelFile] | None = None) -> None:
+        """`warmup_files`: the warm-up workflow's model files, which the VRAM mode of each instance is planned for."""
         self.settings = settings
         self.gpus = detect_gpus() if gpus is None else gpus
         model_paths = [*settings.extra_model_paths, *more_model_paths, write_custom_nodes_config(settings)]
         specs = plan_instances(settings, self.gpus)
-        tunings = plan_launch_tuning(settings, self.gpus, [spec.gpu for spec in specs], warmup_model_files(settings))
+        tunings = plan_launch_tuning(settings, self.gpus, [spec.gpu for spec in specs], warmup_files or [])
         self.instances = [
             ComfyInstance(spec, settings, model_paths, tuning) for spec, tuning in zip(specs, tunings, strict=True)
         ]

@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidInput
-from .file_names import check_input_name
-from .image_format import parse_image_format
-from .model_urls import ModelRef, parse_models, rewrite_workflow_urls
-from .settings import OUTPUT_MODES, S3Config, SettingsError, split_bucket_endpoint
-from .url_guard import UrlGuard
+from comfy_worker.delivery.image_format import parse_image_format
+from comfy_worker.errors import InvalidInput
+from comfy_worker.file_names import check_input_name
+from comfy_worker.models.urls import ModelRef, parse_models, rewrite_workflow_urls
+from comfy_worker.settings import OUTPUT_MODES, S3Config, SettingsError, split_bucket_endpoint
+from comfy_worker.url_guard import UrlGuard
 
 NO_PRIVATE_URLS = UrlGuard()
 KNOWN_FIELDS = {

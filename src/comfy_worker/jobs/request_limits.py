@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import DeliveryFailed, InvalidInput
+from comfy_worker.errors import DeliveryFailed, InvalidInput
 
 
 def check_request(raw: Any, max_bytes: int, max_nodes: int) -> None:

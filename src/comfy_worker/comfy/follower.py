@@ -15,9 +15,9 @@ from typing import Any
 
 import websocket
 
-from .comfy_client import ComfyClient
-from .deadline import Deadline
-from .errors import ExecutionFailed, InstanceUnavailable, JobInterrupted, JobTimedOut
+from comfy_worker.comfy.client import ComfyClient
+from comfy_worker.deadline import Deadline
+from comfy_worker.errors import ExecutionFailed, InstanceUnavailable, JobInterrupted, JobTimedOut
 
 RECONNECT_INTERVAL_S = 1.0
 SOCKET_CONNECT_TIMEOUT_S = 5.0

@@ -7,8 +7,8 @@ import dataclasses
 import io
 from pathlib import PurePosixPath
 
-from .errors import InvalidInput
-from .outputs import OutputData, OutputFile, data_bytes
+from comfy_worker.delivery.outputs import OutputData, OutputFile, data_bytes
+from comfy_worker.errors import InvalidInput
 
 IMAGE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
 FORMAT_ALIASES = {"jpg": "jpeg"}

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .model_files import ModelFile
-from .vram import job_vram_choice
+from comfy_worker.fleet.vram import job_vram_choice
+from comfy_worker.models.files import ModelFile
 
 LOAD_SHARE_WARNING = 0.5
 LOAD_WARNING_MIN_MS = 2000

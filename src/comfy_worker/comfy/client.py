@@ -7,7 +7,7 @@ from typing import Any
 
 import requests
 
-from .errors import InstanceUnavailable, WorkflowRejected
+from comfy_worker.errors import InstanceUnavailable, WorkflowRejected
 
 MAX_LISTED_CHOICES = 20
 

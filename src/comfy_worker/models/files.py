@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .model_affinity import models_in
+from comfy_worker.models.affinity import models_in
 
 # Loader inputs that hold a diffusion model (its size, not a text encoder's, decides what must stay on the GPU).
 DIFFUSION_INPUTS = ("unet_name", "ckpt_name", "model_name")

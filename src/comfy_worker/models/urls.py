@@ -10,9 +10,9 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .errors import InvalidInput
-from .file_names import MODEL_EXTENSIONS, check_model_name
-from .redaction import redact_url
+from comfy_worker.errors import InvalidInput
+from comfy_worker.file_names import MODEL_EXTENSIONS, check_model_name
+from comfy_worker.redaction import redact_url
 
 SCHEMES = ("http", "https", "s3", "hf")
 MODEL_FOLDERS = (

@@ -31,11 +31,11 @@ import requests
 import urllib3
 import yaml
 
-from .deadline import NO_DEADLINE, Deadline
-from .errors import InvalidInput, ModelDownloadFailed, WorkerError
-from .model_sources import Credentials, chunks, file_sha256, http_request, read1_chunks, s3_object
-from .model_urls import MODEL_FOLDERS, ModelRef
-from .url_guard import AddressRefused, UrlGuard, guarded_session
+from comfy_worker.deadline import NO_DEADLINE, Deadline
+from comfy_worker.errors import InvalidInput, ModelDownloadFailed, WorkerError
+from comfy_worker.models.sources import Credentials, chunks, file_sha256, http_request, read1_chunks, s3_object
+from comfy_worker.models.urls import MODEL_FOLDERS, ModelRef
+from comfy_worker.url_guard import AddressRefused, UrlGuard, guarded_session
 
 log = logging.getLogger("comfy_worker.models")
 

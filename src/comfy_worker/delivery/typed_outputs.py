@@ -7,7 +7,7 @@ import io
 import logging
 from typing import Any
 
-from .outputs import OutputData, OutputFile, OutputText, data_size
+from comfy_worker.delivery.outputs import OutputData, OutputFile, OutputText, data_size
 
 log = logging.getLogger("comfy_worker.outputs")
 

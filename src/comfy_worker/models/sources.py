@@ -12,10 +12,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
-from .errors import InvalidInput, ModelDownloadFailed
-from .model_urls import ModelRef
-from .settings import S3Config
-from .url_guard import refused_cause
+from comfy_worker.errors import InvalidInput, ModelDownloadFailed
+from comfy_worker.models.urls import ModelRef
+from comfy_worker.settings import S3Config
+from comfy_worker.url_guard import refused_cause
 
 CHUNK = 1 << 20
 
@@ -45,7 +45,7 @@ def http_request(ref: ModelRef, credentials: Credentials) -> tuple[str, dict[str
 def s3_object(ref: ModelRef, config: S3Config | None, head_only: bool = False) -> tuple[BinaryIO, int | None]:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from .s3 import client as s3_client  # boto3 is slow to import and only needed here
+    from comfy_worker.s3 import client as s3_client  # boto3 is slow to import and only needed here
 
     if config is None:
         raise ModelDownloadFailed(f"{ref.shown_url} needs S3 credentials: give 's3' in the job or set BUCKET_*")

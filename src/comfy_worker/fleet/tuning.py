@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cpu_layout import CpuSet, available_cpus, gpu_numa_node, numa_node_cpus, plan_cpu_sets
-from .gpus import Gpu
-from .model_files import ModelFile
-from .settings import Settings
-from .vram import MODE_FLAGS, VramChoice, job_vram_choice
+from comfy_worker.fleet.cpu_layout import CpuSet, available_cpus, gpu_numa_node, numa_node_cpus, plan_cpu_sets
+from comfy_worker.fleet.gpus import Gpu
+from comfy_worker.fleet.vram import MODE_FLAGS, VramChoice, job_vram_choice
+from comfy_worker.models.files import ModelFile
+from comfy_worker.settings import Settings
 
 log = logging.getLogger("comfy_worker.tuning")
 
-WORKER_NODES_DIR = Path(__file__).resolve().parents[1] / "comfyui_nodes"  # comfy_worker_tuning, in every instance
+WORKER_NODES_DIR = Path(__file__).resolve().parents[2] / "comfyui_nodes"  # comfy_worker_tuning, in every instance
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from .deadline import NO_DEADLINE, Deadline
-from .errors import InstanceUnavailable, InvalidInput
-from .instance import ComfyInstance
-from .metrics import InstanceMetrics
+from comfy_worker.deadline import NO_DEADLINE, Deadline
+from comfy_worker.errors import InstanceUnavailable, InvalidInput
+from comfy_worker.fleet.instance import ComfyInstance
+from comfy_worker.fleet.metrics import InstanceMetrics
 
 log = logging.getLogger("comfy_worker.scheduler")
 

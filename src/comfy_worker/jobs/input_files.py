@@ -14,11 +14,11 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from .deadline import NO_DEADLINE, Deadline
-from .errors import InvalidInput
-from .job_input import InputFile
-from .redaction import redact_url
-from .url_guard import AddressRefused, UrlGuard, guarded_session
+from comfy_worker.deadline import NO_DEADLINE, Deadline
+from comfy_worker.errors import InvalidInput
+from comfy_worker.jobs.job_input import InputFile
+from comfy_worker.redaction import redact_url
+from comfy_worker.url_guard import AddressRefused, UrlGuard, guarded_session
 
 _DATA_URI = re.compile(r"^data:[^,]*?;base64,", re.IGNORECASE)
 
