@@ -1,1 +1,1 @@
-"""One job's path: its context, the runner that walks it step by step, and the part that runs on an instance."""
+"""Where a job enters and walks: the request checked, its context, and the runner that takes it step by step."""

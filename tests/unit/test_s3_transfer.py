@@ -27,7 +27,7 @@ from comfy_worker.models.sources import s3_object
 from comfy_worker.models.urls import ModelRef
 from comfy_worker.settings import S3Config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHECKSUM_HEADERS = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm", "x-amz-checksum-mode", "content-md5")
 
 

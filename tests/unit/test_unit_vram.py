@@ -11,7 +11,7 @@ from comfy_worker.fleet.vram import GIB, MODE_FLAGS, VramChoice, job_vram_choice
 from comfy_worker.models.files import ModelFile, find_model_file, workflow_model_files
 from comfy_worker.settings import load_settings
 
-LOGS = Path(__file__).parent / "data" / "comfyui_logs"
+LOGS = Path(__file__).parents[1] / "data" / "comfyui_logs"
 CARD_24_MIB = 24 * 1024
 H200_MIB = 143771
 WAN14B = [ModelFile("wan14b.safetensors", Path("a"), 28_577_000_000, True, 28_577_000_000),

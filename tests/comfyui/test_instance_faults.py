@@ -153,7 +153,7 @@ def test_a_hung_instance_is_killed_and_restarted_while_jobs_go_around_it(quick_t
 
 def test_with_several_instances_one_failing_at_start_leaves_the_others_serving(comfyui_dir, tmp_path, run):
     env = worker_env(comfyui_dir, tmp_path, instances=2)
-    env["COMFY_CUSTOM_NODES_DIRS"] += os.pathsep + str(Path(__file__).parent / "custom_nodes_failing")
+    env["COMFY_CUSTOM_NODES_DIRS"] += os.pathsep + str(Path(__file__).parents[1] / "custom_nodes_failing")
     partial = Worker(load_settings(env), gpus=[])
     partial.start()
     try:
