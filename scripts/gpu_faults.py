@@ -1,5 +1,6 @@
-"""The faults of tests/comfyui/test_instance_faults.py on a GPU machine, where only a GPU shows them for real: a real CUDA
-out-of-memory error, and how long a GPU instance takes to come back after it was killed or hung. Writes one JSON.
+"""The faults of tests/comfyui/test_instance_faults.py on a GPU machine, where only a GPU shows them for real: a real
+CUDA out-of-memory error, and how long a GPU instance takes to come back after it was killed or hung. Writes one
+JSON.
 
     python scripts/gpu_faults.py --comfy DIR --out results.json [--fe DIR]
 
