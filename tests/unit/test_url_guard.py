@@ -140,7 +140,7 @@ def test_every_redirect_hop_is_checked(loopback_server):
 
 
 def test_a_jobs_s3_endpoint_is_checked_on_connect(s3_server):
-    """The connection check itself, under the early check in the pipeline: botocore's pools go through the guard."""
+    """The connection check itself, under the early check in the job runner: botocore's pools go through the guard."""
     config = S3Config(s3_server, "key-id", "secret", "guarded", region="us-east-1", guard=UrlGuard())
     with pytest.raises(DeliveryFailed, match=r"at http://127\.0\.0\.1:\d+ was refused: .* loopback"):
         upload(config, "a.png", b"x", "image/png")

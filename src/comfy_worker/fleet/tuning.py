@@ -1,6 +1,6 @@
 """How each GPU instance is tuned: its CPU cores and threads, its VRAM mode, its allocator, its compile cache, and
 the in-process torch switches our custom node applies. Every default here is the measured best
-(docs/benchmarks/README.md); settings.py documents the switches."""
+(docs/benchmarks/README.md); settings/performance.py documents the switches."""
 
 from __future__ import annotations
 

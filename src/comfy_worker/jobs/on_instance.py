@@ -65,7 +65,7 @@ class OnInstance:
     def _match_vram_mode(self, ctx: JobContext, instance: ComfyInstance, files: list[ModelFile],
                          timings: dict[str, Any]) -> list[str]:
         """Restarts the instance in the VRAM mode this job's models need when its current one does not suit them
-        (--highvram for models that fit, dynamic loading for models that do not: vram.py)."""
+        (--highvram for models that fit, dynamic loading for models that do not: fleet/vram.py)."""
         gpu_mib = self.gpu_memory_mib(instance)
         if gpu_mib is None:
             return []

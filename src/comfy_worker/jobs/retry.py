@@ -1,5 +1,5 @@
 """The recovery step after a failed run on an instance: free memory after an out-of-memory error, restart a hung
-instance, and decide whether the job runs once more on another instance (recovery.py holds the rules)."""
+instance, and decide whether the job runs once more on another instance (fleet/recovery.py holds the rules)."""
 
 from __future__ import annotations
 

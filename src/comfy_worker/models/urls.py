@@ -1,5 +1,5 @@
 """Model files a job names by URL: the `models` input field, and URLs written straight into loader inputs of the
-workflow, which are rewritten to the cached file's name. Parsing only; model_cache.py fetches and keeps them."""
+workflow, which are rewritten to the cached file's name. Parsing only; cache.py fetches and keeps them."""
 
 from __future__ import annotations
 
