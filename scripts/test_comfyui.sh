@@ -7,7 +7,7 @@
 #   UNDER_TEST_DIR  where it and its environment go (default: .comfyui-under-test in the repository)
 #   VENV            the default environment: the first run copies it to seed the one under test, so torch is not
 #                   downloaded again (without it, setup.sh builds one from scratch)
-# Arguments go to pytest (`make test-comfyui PYTEST_ARGS="-x tests/test_jobs_on_comfyui.py"`).
+# Arguments go to pytest (`make test-comfyui PYTEST_ARGS="-x tests/comfyui/test_jobs_on_comfyui.py"`).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
