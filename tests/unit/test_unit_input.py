@@ -184,7 +184,7 @@ def test_a_trickling_url_is_cut_at_its_time_limit(trickling_server):
     started = time.monotonic()
     with pytest.raises(InvalidInput, match=r"took over 1 s to download \(INPUT_URL_TIMEOUT_S\)"):
         decode_input_file(InputFile("f.png", trickling_server), max_bytes=10_000, url_timeout_s=1, url_guard=LOOPBACK)
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 10  # uncut, the server trickles for 40 s; generous for a loaded machine
 
 
 def test_a_trickling_url_is_cut_at_the_jobs_deadline(trickling_server):
@@ -196,4 +196,4 @@ def test_a_trickling_url_is_cut_at_the_jobs_deadline(trickling_server):
     with pytest.raises(InvalidInput, match=r"still downloading when the job's timeout of 1\.5 s ran out"):
         decode_input_file(InputFile("f.png", trickling_server), max_bytes=10_000, url_timeout_s=30, url_guard=LOOPBACK,
                           deadline=Deadline.after(1.5))
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # uncut, the server trickles for 40 s; generous for a loaded machine
