@@ -23,7 +23,9 @@ from aiohttp import web
 EVENTS = []
 STEPS = []
 PROFILE = {"next": False, "profiler": None, "result": None}
-FP8_KERNEL = re.compile(r"e4m3|e5m2|f8f8|fp8|_f8_|qgmma", re.IGNORECASE)
+# fp8 GEMMs: cuBLAS's nvjet kernels name fp8 operands "qq" (nvjet_sm90_qqhsh_…: e4m3 × e4m3 → half), CUTLASS and
+# cuDNN kernels e4m3/f8
+FP8_KERNEL = re.compile(r"e4m3|e5m2|f8f8|fp8|_f8_|qgmma|nvjet_sm\d+_qq", re.IGNORECASE)
 ATTENTION_KERNEL = re.compile(r"fmha|flash|attention|sdpa|attn", re.IGNORECASE)
 
 _SDPA = os.environ.get("PROBE_SDPA", "")
