@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -115,3 +118,33 @@ def shared_instances_serving(request: pytest.FixtureRequest) -> None:
             states = ", ".join(f"{i.label} healthy={i.healthy} alive={i.is_alive()}" for i in shared.fleet.instances)
             pytest.fail(f"the shared instances did not all come back: {states}")
         time.sleep(0.25)
+
+
+@contextlib.contextmanager
+def trickling_server(announced_bytes: int, path: str = "") -> Iterator[str]:
+    """A real HTTP server on loopback that announces `announced_bytes` and sends one every 0.1 s (a stalled CDN, a
+    slow-loris source): no read ever waits long, so only a deadline checked inside the read stops it."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(announced_bytes))
+            self.end_headers()
+            try:
+                for _ in range(announced_bytes):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{path}"
+    finally:
+        server.shutdown()

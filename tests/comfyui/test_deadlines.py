@@ -6,12 +6,10 @@ cache. One real CPU instance; the HTTP servers are on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import http.server
-import threading
 import time
 
 import pytest
-from conftest import make_job, worker_env
+from conftest import make_job, trickling_server, worker_env
 from workflows import invert, load_invert, sleep
 
 from comfy_worker.settings import load_settings
@@ -35,29 +33,8 @@ def single(comfyui_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trickle():
-    """GET /<name> announces 1 MB and sends one byte every 0.1 s, for as long as the client reads."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(1_000_000))
-            self.end_headers()
-            try:
-                for _ in range(1_000_000):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.1)
-            except OSError:
-                pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with trickling_server(1_000_000) as url:
+        yield url
 
 
 def timed(run, coroutine):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from conftest import trickling_server as trickle_at
 
 from comfy_worker.errors import InvalidInput
 from comfy_worker.jobs.input_files import decode_input_file
@@ -149,33 +150,9 @@ def test_image_format_and_quality_are_checked():
 
 @pytest.fixture
 def trickling_server():
-    """A real HTTP server on loopback that announces 400 bytes and sends one every 0.1 s (a stalled CDN, a slow-loris
-    source): no read ever waits long, so only a deadline checked inside the read stops it."""
-    import http.server
-    import threading
-    import time
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "400")
-            self.end_headers()
-            try:
-                for _ in range(400):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.1)
-            except OSError:
-                pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/slow.png"
-    server.shutdown()
+    """400 bytes announced, one sent every 0.1 s (conftest.trickling_server)."""
+    with trickle_at(400, "/slow.png") as url:
+        yield url
 
 
 def test_a_trickling_url_is_cut_at_its_time_limit(trickling_server):
