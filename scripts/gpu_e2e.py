@@ -18,8 +18,6 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 from workflows import invert, sleep
 
 from comfy_worker.logs import configure

@@ -22,7 +22,6 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from workflows import invert, through  # noqa: E402
 

@@ -32,6 +32,8 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
+from cpu_worker_env import worker_env  # noqa: E402  (scripts/: the environment the tests give the worker too)
+
 COLOUR_STEP = 2654435761  # odd, so index → index × step mod 2^24 never repeats a colour below 2^24 jobs
 
 
@@ -121,8 +123,6 @@ class Tally:
 
 
 def start_api(args: argparse.Namespace, work: Path) -> tuple[subprocess.Popen, str]:
-    from conftest import worker_env  # tests/conftest.py: the environment the tests give the worker
-
     port = args.port
     env = {**os.environ, **worker_env(Path(args.comfyui_dir), work / "instances", args.instances),
            "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "LOG_LEVEL": "WARNING"}
@@ -277,7 +277,6 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the summary, as JSON")
     parser.add_argument("--plot", action="store_true", help="also draw OUT with .png (needs matplotlib)")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
     summary = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")

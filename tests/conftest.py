@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
-import socket
 import threading
 import time
 import uuid
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cpu_worker_env import free_port_block, worker_env
 
 from comfy_worker.logs import configure
 from comfy_worker.settings import load_settings
@@ -22,24 +22,6 @@ from comfy_worker.worker import Worker
 TESTS = Path(__file__).resolve().parent
 REPO_ROOT_FOR_TESTS = TESTS.parent
 CUSTOM_NODES = TESTS / "custom_nodes"
-
-
-def free_port_block(count: int) -> int:
-    """The first port of `count` consecutive free loopback ports."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65000:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no block of free ports")
 
 
 @pytest.fixture(scope="session")
@@ -52,21 +34,6 @@ def comfyui_dir() -> Path:
             pytrace=False,
         )
     return directory
-
-
-def worker_env(comfyui_dir: Path, work_dir: Path, instances: int, **extra: str) -> dict[str, str]:
-    return {
-        "COMFYUI_DIR": str(comfyui_dir),
-        "COMFY_WORK_DIR": str(work_dir),
-        "COMFY_NUM_GPUS": "0",
-        "COMFY_CPU_INSTANCES": str(instances),
-        "COMFY_BASE_PORT": str(free_port_block(instances)),
-        "COMFY_CUSTOM_NODES_DIRS": str(CUSTOM_NODES),
-        "WEBSOCKET_QUIET_S": "1",
-        "COMFY_START_TIMEOUT_S": "180",
-        "ALLOW_PRIVATE_URLS": "127.0.0.1",  # the tests' own HTTP and S3 servers; test_url_guard.py checks the default
-        **extra,
-    }
 
 
 @pytest.fixture(scope="session")
