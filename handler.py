@@ -11,6 +11,7 @@ import atexit
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 from comfy_worker.settings import SettingsError, load_settings, quiet_runpod_sdk
@@ -39,6 +40,15 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     return await worker.handle(job)
 
 
+async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """STREAM_RESULTS=1: progress, previews and outputs as they come, then the result (docs/streaming.md)."""
+    if worker is None:
+        yield {"error": configuration_error}
+        return
+    async for item in worker.stream(job):
+        yield item
+
+
 def concurrency_modifier(current: int) -> int:
     return worker.concurrency if worker else 1
 
@@ -59,8 +69,13 @@ def main() -> None:
 
 
 def serverless_config() -> dict[str, Any]:
-    """RunPod's worker options; REFRESH_WORKER ends the worker after every job."""
+    """RunPod's worker options; REFRESH_WORKER ends the worker after every job. RunPod decides once, from the handler
+    it is given, whether jobs stream: STREAM_RESULTS=1 gives it the generator, whose yields /run and /runsync return
+    as one list (return_aggregate_stream)."""
     refresh = worker is not None and worker.settings.refresh_worker
+    if worker is not None and worker.settings.stream_results:
+        return {"handler": stream_handler, "return_aggregate_stream": True,
+                "concurrency_modifier": concurrency_modifier, "refresh_worker": refresh}
     return {"handler": handler, "concurrency_modifier": concurrency_modifier, "refresh_worker": refresh}
 
 

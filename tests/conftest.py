@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cpu_worker_env import free_port_block, worker_env
 
 from comfy_worker.logs import configure
@@ -115,3 +119,35 @@ def trickling_server(announced_bytes: int, path: str = "") -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}{path}"
     finally:
         server.shutdown()
+
+
+@contextlib.contextmanager
+def local_api(comfyui_dir: Path, work_dir: Path, **extra: str) -> Iterator[str]:
+    """`python handler.py --rp_serve_api` on a free loopback port with one CPU instance: RunPod's local API in front
+    of the worker, as a subprocess. Yields its URL."""
+    port = free_port_block(1)
+    env = {**os.environ, **worker_env(comfyui_dir, work_dir, instances=1, **extra),
+           "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true"}
+    process = subprocess.Popen(
+        [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_port", str(port), "--rp_api_host", "127.0.0.1"],
+        cwd=REPO_ROOT_FOR_TESTS, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(f"{url}/docs", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"the local API did not come up:\n{process.stdout.read()[-3000:]}", pytrace=False)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()

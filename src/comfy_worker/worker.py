@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from comfy_worker.jobs.context import JobContext
 from comfy_worker.jobs.job_input import JobRequest, parse_job_input, wants_refresh
 from comfy_worker.jobs.progress import ProgressReporter, Sender, final_status, runpod_sender
 from comfy_worker.jobs.runner import JobRunner
+from comfy_worker.jobs.stream import JobStream, stream_job
 from comfy_worker.jobs.warmup import load_warmup_workflow, warmup_model_files
 from comfy_worker.logs import JobLog
 from comfy_worker.models.affinity import models_in
@@ -141,14 +143,25 @@ class Worker:
         return len(self.fleet.instances) if self.fleet else 1
 
     # --- one job ------------------------------------------------------------------------------------------------
-    async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+    async def stream(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The streaming mode (STREAM_RESULTS=1): the job's events as it runs, then its result. RunPod's SDK reads
+        `refresh_worker` only from a handler's single result, so a job's own request for it is refused here."""
+        async for item in stream_job(self.handle, job):
+            if "event" not in item and item.pop("refresh_worker", None) and not self.settings.refresh_worker:
+                JobLog(str(job.get("id") or "local")).warning("refresh_worker is not honoured in streaming mode")
+                if "warnings" in item:
+                    item["warnings"].append("'refresh_worker' is not honoured in streaming mode (STREAM_RESULTS=1): "
+                                            "set REFRESH_WORKER=1 on the endpoint instead")
+            yield item
+
+    async def handle(self, job: dict[str, Any], stream: JobStream | None = None) -> dict[str, Any]:
         job_id = str(job.get("id") or "local")
         job_log = JobLog(job_id)
         result: dict[str, Any]
         try:
             if self.startup_error or self.runner is None:
                 raise WorkerNotReady(f"the worker failed to start: {self.startup_error or 'not started'}")
-            result = await self.runner.run(job, job_log, self.progress_sender)
+            result = await self.runner.run(job, job_log, self.progress_sender, stream)
         except WorkerError as error:
             job_log.error("failed: %s", error)
             result = {"error": redact_text(str(error))}

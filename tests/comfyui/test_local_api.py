@@ -4,14 +4,10 @@ of worker-comfyui would, with the same request body."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 
 import pytest
 import requests
-from conftest import free_port_block, worker_env
+from conftest import local_api
 
 from comfy_worker.settings import REPO_ROOT
 
@@ -20,30 +16,8 @@ pytestmark = pytest.mark.comfyui
 
 @pytest.fixture(scope="module")
 def api(comfyui_dir, tmp_path_factory):
-    port = free_port_block(1)
-    env = {**os.environ, **worker_env(comfyui_dir, tmp_path_factory.mktemp("api-work"), instances=1),
-           "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true"}
-    process = subprocess.Popen(
-        [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_port", str(port), "--rp_api_host", "127.0.0.1"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"{url}/docs", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"the local API did not come up:\n{process.stdout.read()[-3000:]}", pytrace=False)
-    yield url
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with local_api(comfyui_dir, tmp_path_factory.mktemp("api-work")) as url:
+        yield url
 
 
 def test_runsync_with_a_worker_comfyui_request_body(api):
@@ -61,3 +35,11 @@ def test_runsync_returns_a_bad_input_as_a_failed_job_with_a_string_error(api):
     payload = response.json()
     assert payload["status"] == "FAILED"
     assert isinstance(payload["error"], str) and "no 'workflow'" in payload["error"]
+
+
+def test_the_default_mode_registers_a_plain_handler_that_does_not_stream(api):
+    """STREAM_RESULTS unset: RunPod gets the coroutine handler, so `/run` answers one result and `/stream` refuses."""
+    body = json.loads((REPO_ROOT / "test_input.json").read_text())
+    job = requests.post(f"{api}/run", json=body, timeout=30).json()
+    payload = requests.post(f"{api}/stream/{job['id']}", timeout=120).json()
+    assert payload["status"] == "FAILED" and "handler must be a generator" in payload["error"]

@@ -16,6 +16,7 @@ from typing import Any
 import websocket
 
 from comfy_worker.comfy.client import ComfyClient
+from comfy_worker.comfy.previews import PreviewFrame, decode_frame
 from comfy_worker.deadline import Deadline
 from comfy_worker.errors import ExecutionFailed, InstanceUnavailable, JobInterrupted, JobTimedOut
 
@@ -26,6 +27,8 @@ SETTLE_AFTER_TIMEOUT_S = 3.0  # past the deadline: the job answers; a prompt tha
 OOM_MARKERS = ("OutOfMemoryError", "out of memory", "CUDA error: out of memory")
 
 ProgressCallback = Callable[[dict[str, Any]], None]
+PreviewCallback = Callable[[PreviewFrame, dict[str, Any]], None]  # the frame, and the node and step it belongs to
+OutputCallback = Callable[[str, dict[str, Any]], None]  # a node's `executed` output: its files, as in /history
 
 
 class JobCancelled(Exception):
@@ -61,8 +64,13 @@ class Execution:
 
 
 class PromptFollower:
-    def __init__(self, client: ComfyClient, client_id: str, quiet_s: float, log: logging.LoggerAdapter) -> None:
+    def __init__(self, client: ComfyClient, client_id: str, quiet_s: float, log: logging.LoggerAdapter,
+                 on_preview: PreviewCallback | None = None, on_output: OutputCallback | None = None) -> None:
         self.client = client
+        self.on_preview = on_preview
+        self.on_output = on_output
+        self._sampling_at: dict[str, Any] = {}  # the node and step of the last progress message
+        self._prompt_id: str | None = None
         self.client_id = client_id
         self.quiet_s = quiet_s
         self.log = log
@@ -107,12 +115,24 @@ class PromptFollower:
             self._drops += 1
             return None
         if isinstance(raw, bytes):  # preview frames
+            self._preview(raw)
             return {}
         try:
             message = json.loads(raw)
         except ValueError:
             return {}
         return message if isinstance(message, dict) else {}
+
+    def _preview(self, raw: bytes) -> None:
+        if self.on_preview is None:
+            return
+        frame = decode_frame(raw)
+        if frame is None or frame.metadata.get("prompt_id") not in (self._prompt_id, None):
+            return
+        where = dict(self._sampling_at)
+        if frame.metadata.get("node_id") is not None:
+            where["node"] = str(frame.metadata["node_id"])
+        self.on_preview(frame, where)
 
     # --- following --------------------------------------------------------------------------------------------
     def follow(
@@ -124,6 +144,7 @@ class PromptFollower:
         on_progress: ProgressCallback,
     ) -> Execution:
         self._drops = 0
+        self._prompt_id = prompt_id
         polls = 0
         started = time.monotonic()
         node_ms: dict[str, float] = {}
@@ -206,9 +227,12 @@ class PromptFollower:
                 sampling[node] = NodeSampling(value, now, value, now, total)
             else:
                 record.last_step, record.last_at, record.total_steps = value, now, total
+            self._sampling_at = {"node": node, "step": value, "steps": total}
             on_progress({"node": node, "class_type": _class_of(workflow, node), "step": value, "steps": total})
         elif kind == "executed" and data.get("output"):
             self.outputs_seen = True
+            if self.on_output is not None and isinstance(data["output"], dict):
+                self.on_output(str(data.get("node")), data["output"])
         elif kind in ("execution_success", "execution_error", "execution_interrupted"):
             return True
         return False

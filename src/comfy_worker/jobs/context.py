@@ -13,6 +13,7 @@ from comfy_worker.delivery.outputs import OutputData, OutputFile, OutputText
 from comfy_worker.fleet.instance import ComfyInstance
 from comfy_worker.jobs.job_input import JobRequest
 from comfy_worker.jobs.progress import ProgressReporter, Sender
+from comfy_worker.jobs.stream import JobStream
 from comfy_worker.logs import JobLog
 from comfy_worker.models.cache import Fetched
 
@@ -36,6 +37,7 @@ class JobContext:
     failed_on: set[int] = field(default_factory=set)  # instances a failed run was retried away from
     timings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    stream: JobStream | None = None  # STREAM_RESULTS mode: where its events go
 
     @property
     def job_id(self) -> str:

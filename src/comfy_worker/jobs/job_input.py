@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from comfy_worker.comfy.previews import PREVIEW_METHODS
 from comfy_worker.delivery.image_format import parse_image_format
 from comfy_worker.errors import InvalidInput
 from comfy_worker.file_names import check_input_name
@@ -18,7 +19,7 @@ from comfy_worker.url_guard import UrlGuard
 NO_PRIVATE_URLS = UrlGuard()
 KNOWN_FIELDS = {
     "workflow", "images", "gpu", "timeout_s", "output_mode", "s3", "include_previews", "comfy_org_api_key",
-    "image_format", "image_quality", "refresh_worker", "models",
+    "image_format", "image_quality", "refresh_worker", "models", "previews",
 }
 
 
@@ -42,6 +43,7 @@ class JobRequest:
     image_quality: int = 90
     refresh_worker: bool = False
     models: tuple[ModelRef, ...] = ()
+    previews: str | None = None  # ComfyUI's preview method, streamed in STREAM_RESULTS mode
     ignored_fields: tuple[str, ...] = ()
 
 
@@ -66,6 +68,7 @@ def parse_job_input(raw: Any, url_guard: UrlGuard = NO_PRIVATE_URLS) -> JobReque
         refresh_worker=_optional_bool(raw, "refresh_worker"),
         image_format=image_format,
         image_quality=image_quality,
+        previews=_parse_previews(raw.get("previews")),
         ignored_fields=tuple(sorted(set(raw) - KNOWN_FIELDS)),
     )
 
@@ -116,6 +119,17 @@ def _parse_files(images: Any) -> tuple[InputFile, ...]:
             raise InvalidInput(f"{where} ({name!r}): 'image' must be base64, a data URI or an http(s) URL")
         files.append(InputFile(name=name, source=source))
     return tuple(files)
+
+
+def _parse_previews(value: Any) -> str | None:
+    """`previews`: true (latent2rgb, drawn from the latent without a model), or one of ComfyUI's preview methods."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "latent2rgb"
+    if isinstance(value, str) and value.lower() in PREVIEW_METHODS:
+        return value.lower()
+    raise InvalidInput(f"'previews' must be true, false or one of {', '.join(PREVIEW_METHODS)}, not {value!r}")
 
 
 def _parse_output_mode(mode: Any) -> str | None:

@@ -94,10 +94,12 @@ class OnInstance:
             timings["upload_ms"] = ms_since(started)
             workflow = isolate_outputs(request.workflow, job_folder)
             api_nodes = api_node_ids(request.workflow, client.api_node_classes(class_types(request.workflow)))
-            follower = PromptFollower(client, uuid.uuid4().hex, self.settings.websocket_quiet_s, ctx.log)
+            follower = self._follower(ctx, instance, job_folder)
             follower.connect()
             try:
                 extra_data = {"api_key_comfy_org": request.comfy_org_api_key} if request.comfy_org_api_key else {}
+                if ctx.stream is not None and request.previews:
+                    extra_data["preview_method"] = request.previews  # ComfyUI v0.29 reads it per prompt
                 ctx.deadline.check(f"preparing the workflow on {instance.label} (it was not submitted)")
                 prompt_id, warnings = client.submit(workflow, follower.client_id, extra_data)
                 ctx.log.info("prompt %s submitted", prompt_id)
@@ -109,6 +111,20 @@ class OnInstance:
             if explained is error:
                 raise
             raise explained from None
+
+    def _follower(self, ctx: JobContext, instance: ComfyInstance, job_folder: str) -> PromptFollower:
+        """The prompt's follower; in the streaming mode it also hands on previews and each output once saved."""
+        stream, request = ctx.stream, ctx.request
+        on_preview = on_output = None
+        if stream is not None:
+            on_preview = stream.preview if request.previews else None
+            inline = (request.output_mode or self.settings.output_mode) != "s3"
+            limit = self.settings.output_inline_limit_bytes
+
+            def on_output(node_id: str, output: dict[str, Any]) -> None:
+                stream.outputs_saved(node_id, output, instance.dirs, job_folder, request, inline, limit)
+        return PromptFollower(instance.client, uuid.uuid4().hex, self.settings.websocket_quiet_s, ctx.log,
+                              on_preview, on_output)
 
     def _explain(self, error: BaseException, ctx: JobContext, instance: ComfyInstance, launches: int,
                  follower: PromptFollower | None, api_nodes: set[str]) -> BaseException:

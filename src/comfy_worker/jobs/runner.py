@@ -28,6 +28,7 @@ from comfy_worker.jobs.progress import ProgressReporter, Sender, queued_payload
 from comfy_worker.jobs.report import job_result
 from comfy_worker.jobs.request_limits import check_request
 from comfy_worker.jobs.retry import Recovery
+from comfy_worker.jobs.stream import JobStream
 from comfy_worker.logs import JobLog
 from comfy_worker.models.affinity import models_in
 from comfy_worker.models.cache import Fetched, Limits, ModelCache
@@ -57,9 +58,10 @@ class JobRunner:
     def use_settings(self, settings: Settings) -> None:
         self.settings = self.on_instance.settings = self.recovery.settings = settings
 
-    async def run(self, job: dict[str, Any], job_log: JobLog, send_progress: Sender | None) -> dict[str, Any]:
+    async def run(self, job: dict[str, Any], job_log: JobLog, send_progress: Sender | None,
+                  stream: JobStream | None = None) -> dict[str, Any]:
         """One job, from its input to its answer. A step that fails raises a WorkerError naming what to fix."""
-        ctx = self.parse(job, job_log, send_progress)
+        ctx = self.parse(job, job_log, send_progress, stream)
         self.read_ahead(ctx.request.workflow, ctx.job_id)
         await self.decode_inputs(ctx)
         await self.fetch_models(ctx)
@@ -70,13 +72,18 @@ class JobRunner:
             self.model_cache.release(ctx.fetched.keys)
         return job_result(ctx, outcome, delivery, self.scheduler.snapshot())
 
-    def parse(self, job: dict[str, Any], job_log: JobLog, send_progress: Sender | None) -> JobContext:
+    def parse(self, job: dict[str, Any], job_log: JobLog, send_progress: Sender | None,
+              stream: JobStream | None = None) -> JobContext:
         received = time.monotonic()
         check_request(job.get("input"), self.settings.max_request_bytes, self.settings.max_workflow_nodes)
         request = parse_job_input(job.get("input"), self.settings.url_guard)
         deadline = Deadline.after(request.timeout_s or self.settings.job_timeout_s, received)
         warnings = [f"ignored unknown input field '{name}'" for name in request.ignored_fields]
-        return JobContext(job, request, job_log, received, deadline, send_progress, warnings=warnings)
+        if request.previews and stream is None:
+            warnings.append("'previews' ignored: previews are streamed only where the endpoint sets STREAM_RESULTS=1")
+        if stream is not None:
+            send_progress = stream.progress_sender(send_progress)
+        return JobContext(job, request, job_log, received, deadline, send_progress, warnings=warnings, stream=stream)
 
     def read_ahead(self, workflow: dict[str, Any], label: str) -> None:
         """Starts reading the workflow's model files into the page cache in the background."""

@@ -22,6 +22,10 @@ OUTPUTS = (
     Variable("BUCKET_PREFIX", "", "Key prefix: objects are stored as {prefix}/{job_id}/{filename}.", "outputs"),
     Variable("BUCKET_REGION", "", "S3 region (empty: the SDK's default).", "outputs"),
     Variable("BUCKET_URL_EXPIRY_S", "604800", "Lifetime of the presigned URLs returned (7 days).", "outputs"),
+    Variable("STREAM_RESULTS", "0",
+             "1: the handler is a generator that yields progress, latent previews (when a job asks for `previews`) "
+             "and each output as it is saved, then the result (docs/streaming.md); RunPod's /stream shows them and "
+             "/run, /runsync return the list of all of them. 0: one result per job, as worker-comfyui.", "outputs"),
 )
 
 OUTPUT_MODES = ("auto", "base64", "s3")
@@ -45,6 +49,7 @@ class OutputSettings:
     output_inline_limit_bytes: int
     local_output_dir: Path | None
     s3: S3Config | None
+    stream_results: bool
 
     @classmethod
     def read(cls, env: EnvReader) -> OutputSettings:
@@ -57,6 +62,7 @@ class OutputSettings:
             output_inline_limit_bytes=int(env.number("OUTPUT_INLINE_LIMIT_MB", 10, minimum=0) * 1_000_000),
             local_output_dir=Path(local_output).expanduser() if local_output else None,
             s3=_s3_from(env),
+            stream_results=env.flag("STREAM_RESULTS", False),
         )
 
 

@@ -1,6 +1,6 @@
-"""Nodes the tests load into the real ComfyUI instances: slow steps with progress, a dropped websocket, a
-VideoHelperSuite-style `gifs` output, a failure on demand, a crash and a stand-in for a paid API node. Not shipped
-in the image."""
+"""Nodes the tests load into the real ComfyUI instances: slow steps with progress, previews, a dropped websocket, a
+VideoHelperSuite-style `gifs` output, a failure on demand, a crash and a stand-in for a paid API node. Not shipped in
+the image."""
 
 import asyncio
 import os
@@ -45,6 +45,26 @@ class WorkerTestSleep(AlwaysRunImageNode):
             comfy.model_management.throw_exception_if_processing_interrupted()
             time.sleep(seconds / steps)
             bar.update(1)
+        return (image,)
+
+
+class WorkerTestPreview(AlwaysRunImageNode):
+    """Reports `steps` steps over `seconds`, each with the image as its preview, through ComfyUI's own progress bar:
+    ComfyUI encodes and sends the frames as it does a sampler's latent previews (no core node previews without a
+    model, and the test instances have none)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "steps": ("INT", {"default": 8, "min": 1, "max": 1000}),
+                             "seconds": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 600.0})}}
+
+    def run(self, image, steps, seconds):
+        picture = Image.fromarray(np.clip(image[0].cpu().numpy() * 255, 0, 255).astype(np.uint8))
+        bar = comfy.utils.ProgressBar(steps)
+        for step in range(steps):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            time.sleep(seconds / steps)
+            bar.update_absolute(step + 1, steps, ("JPEG", picture, 512))
         return (image,)
 
 
@@ -200,6 +220,7 @@ def first_time(marker: str) -> bool:
 
 NODE_CLASS_MAPPINGS = {
     "WorkerTestSleep": WorkerTestSleep,
+    "WorkerTestPreview": WorkerTestPreview,
     "WorkerTestDropWebsockets": WorkerTestDropWebsockets,
     "WorkerTestSaveGif": WorkerTestSaveGif,
     "WorkerTestRaise": WorkerTestRaise,
