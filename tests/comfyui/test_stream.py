@@ -64,8 +64,8 @@ def test_stream_yields_progress_previews_each_output_then_the_result(api):
     assert 1 <= len(previews) < PREVIEW_FRAMES, len(previews)  # the rate bound dropped some
     for preview in previews:
         assert preview["node"] == "2" and preview["content_type"] == "image/jpeg" and preview["steps"] == PREVIEW_FRAMES
-        image = Image.open(io.BytesIO(base64.b64decode(preview["data"])))
-        assert image.format == "JPEG" and image.size == (preview["width"], preview["height"]) == (256, 171)
+        image = Image.open(io.BytesIO(base64.b64decode(preview["data"])))  # ComfyUI's frame: 512×341
+        assert image.format == "JPEG" and image.size == (preview["width"], preview["height"]) == (256, 170)
 
     outputs = of_kind(events, "output")
     assert sorted(o["node_id"] for o in outputs) == ["3", "5"]
