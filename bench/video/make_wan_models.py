@@ -19,9 +19,7 @@ on the GPU: matrices ~ N(0, 0.02), norm weights / RMS gammas 1, biases 0.
 """
 import argparse
 import json
-import math
 import os
-import struct
 import sys
 import time
 
@@ -38,66 +36,11 @@ A = ap.parse_args()
 sys.path.insert(0, A.comfy)
 
 import torch  # noqa: E402
+from model_writer import Writer, meta_specs  # noqa: E402
 
-dev = torch.device(A.device if (A.device != "cuda" or torch.cuda.is_available()) else "cpu")
-gen = torch.Generator(device=dev).manual_seed(1234)
-INFO = {"device": str(dev), "files": {}}
-ST_DTYPE = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float8_e4m3fn: "F8_E4M3",
-            torch.uint8: "U8"}
-
-
-def write_safetensors(path, specs, make, metadata=None):
-    """specs: [(name, shape, dtype)]; make(name, shape, dtype) -> tensor. Streams one tensor at a time."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    t0 = time.time()
-    header, off = {}, 0
-    for name, shape, dt in specs:
-        n = math.prod(shape) * torch.empty((), dtype=dt).element_size()
-        header[name] = {"dtype": ST_DTYPE[dt], "shape": list(shape), "data_offsets": [off, off + n]}
-        off += n
-    if metadata:
-        header["__metadata__"] = metadata
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    params = 0
-    with open(path + ".part", "wb", buffering=64 << 20) as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for name, shape, dt in specs:
-            t = make(name, shape, dt)
-            assert tuple(t.shape) == tuple(shape) and t.dtype == dt, (name, t.shape, shape, t.dtype, dt)
-            params += t.numel()
-            b = t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
-            f.write(memoryview(b))
-            del t, b
-    os.replace(path + ".part", path)
-    sz = os.path.getsize(path)
-    assert sz == 8 + len(hb) + off, (sz, off)
-    dt_s = time.time() - t0
-    print(f"saved {path}: {len(specs)} tensors, {params / 1e6:.1f} M values, {sz / 2**20:.0f} MiB, {dt_s:.1f}s",
-          flush=True)
-    INFO["files"][os.path.basename(path)] = {"tensors": len(specs), "values_M": round(params / 1e6, 1),
-                                             "MiB": round(sz / 2**20), "s": round(dt_s, 1)}
-
-
-def randn(shape, std, dt):
-    if dt in (torch.float16, torch.bfloat16, torch.float32):
-        return torch.empty(shape, device=dev, dtype=dt).normal_(0.0, std, generator=gen)
-    return torch.empty(shape, device=dev, dtype=torch.float32).normal_(0.0, std, generator=gen).to(dt)
-
-
-def default_value(name, shape, dt, std=0.02):
-    if name.endswith("gamma"):
-        return torch.ones(shape, device=dev, dtype=dt)
-    if len(shape) <= 1:
-        if name.endswith("bias"):
-            return torch.zeros(shape, device=dev, dtype=dt)
-        return torch.ones(shape, device=dev, dtype=dt)
-    return randn(shape, std, dt)
-
-
-def meta_specs(module, dtype):
-    return [(k, tuple(v.shape), dtype) for k, v in module.state_dict().items()]
+W = Writer(A.device)
+dev = W.dev
+INFO = W.info
 
 
 def done(path):
@@ -145,9 +88,7 @@ for size in [s for s in A.wan.split(",") if s]:
     INFO.setdefault("detected", {})[name] = {"unet_config": {k: str(v) for k, v in det.items()},
                                              "class": type(mc).__name__}
     del fake
-    write_safetensors(path, specs, lambda n, s, d: default_value(n, s, d))
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
+    W.write(path, specs)
 
 # ---------------- Wan 2.1 VAE ----------------
 from comfy.ldm.wan.vae import WanVAE  # noqa: E402
@@ -162,52 +103,13 @@ if not done(path):
     keys = {k for k, _, _ in specs}
     assert "decoder.middle.0.residual.0.gamma" in keys
     assert "decoder.upsamples.0.upsamples.0.residual.2.weight" not in keys
-    write_safetensors(path, specs, lambda n, s, d: default_value(n, s, d, std=0.02))
+    W.write(path, specs)
 
 # ---------------- umt5-xxl text encoder, scaled fp8 ----------------
-from comfy.text_encoders.t5 import T5  # noqa: E402
-
 path = os.path.join(A.models, "text_encoders", "umt5_xxl_fp8_e4m3fn_scaled_rand.safetensors")
 if not A.no_te and not done(path):
-    with open(os.path.join(A.comfy, "comfy", "text_encoders", "umt5_config_xxl.json")) as config_file:
-        cfg = json.load(config_file)
-    with torch.device("meta"):
-        t5 = T5(cfg, dtype=torch.bfloat16, device="meta", operations=comfy.ops.manual_cast)
-    base = meta_specs(t5, torch.bfloat16)
-    linear = {n + ".weight" for n, mod in t5.named_modules() if isinstance(mod, torch.nn.Linear)}
-    del t5
     with open(A.spm, "rb") as spm_file:
-        spm = spm_file.read()
-    specs = [("scaled_fp8", (0,), torch.float8_e4m3fn)]
-    for k, s, d in base:
-        if k in linear:
-            specs.append((k, s, torch.float8_e4m3fn))
-            specs.append((k[:-len(".weight")] + ".scale_weight", (), torch.float32))
-        else:
-            specs.append((k, s, d))
-    specs.append(("spiece_model", (len(spm),), torch.uint8))
-    assert "encoder.block.23.layer.1.DenseReluDense.wi_1.weight" in linear
-    SCALES = {}
-
-    def make_te(n, s, d):
-        if n == "spiece_model":
-            return torch.frombuffer(bytearray(spm), dtype=torch.uint8).to(dev)
-        if n == "scaled_fp8":
-            return torch.empty((0,), dtype=d, device=dev)
-        if n.endswith(".scale_weight"):
-            return SCALES.pop(n)
-        if d == torch.float8_e4m3fn:
-            w = torch.empty(s, device=dev, dtype=torch.float32).normal_(0.0, 0.02, generator=gen)
-            scale = w.abs().amax() / 448.0
-            SCALES[n[:-len(".weight")] + ".scale_weight"] = scale.to(torch.float32).reshape(())
-            return (w / scale).to(torch.float8_e4m3fn)
-        if n == "shared.weight":
-            return randn(s, 1.0, d)
-        if "relative_attention_bias" in n:
-            return randn(s, 0.1, d)
-        return default_value(n, s, d)
-
-    write_safetensors(path, specs, make_te)
+        W.t5_scaled_fp8(path, A.comfy, "umt5_config_xxl.json", spm_file.read())
 
 INFO["total_s"] = round(time.time() - t_all, 1)
 with open(os.path.join(A.models, "models.json"), "w") as f:

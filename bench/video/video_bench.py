@@ -1,8 +1,10 @@
-"""The video benchmark: Wan 2.1 text-to-video (and SDXL for the card-size cases) through vanilla ComfyUI and through
-the worker, each configuration a fresh ComfyUI on GPU 0, timed per sampler step by the probe node.
+"""The video benchmark: Wan 2.1 text-to-video and image-to-video, Flux.1-dev (and SDXL for the card-size
+cases) through vanilla ComfyUI and through the worker, each configuration a fresh ComfyUI on GPU 0, timed per
+sampler step by the probe node.
 
     python bench/video/video_bench.py --comfy DIR --models DIR --fe DIR --out DIR --work DIR \
-        --workload wan14b --frames 81 --steps 4 --plan V,W,WF8 [--jobs 2] [--tag NAME] [--disk-read] [--deadline S]
+        --workload wan14b|wan14b_i2v|flux12b|wan1.3b|sdxl --frames 81 --steps 4 --plan V,W,WF8 \
+        [--width W --height H] [--jobs 2] [--tag NAME] [--disk-read] [--deadline S]
 
 Configurations (CONFIGS): V vanilla ComfyUI defaults, jobs posted straight to it; W the worker with its defaults
 (comfy_worker.worker.Worker.handle, the handler's only call); WF8 the worker with the workflow's UNETLoader set to
@@ -35,7 +37,7 @@ sys.path.insert(0, str(HERE.parents[1] / "src"))
 sys.path.insert(0, str(HERE))
 
 from host_probes import Ballast, GpuSampler, disk_read_rates, evict, meminfo_used_mib, process_memory_mib  # noqa: E402
-from workflows import workflow  # noqa: E402
+from workflows import INPUT_IMAGE, WORKLOADS, start_image_png, workflow  # noqa: E402
 
 from comfy_worker.fleet.gpus import Gpu, detect_gpus  # noqa: E402
 from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec  # noqa: E402
@@ -67,7 +69,7 @@ class Run:
         self.work.mkdir(parents=True, exist_ok=True)
         self.models_yaml.write_text(
             f"bench:\n  base_path: {Path(args.models).resolve()}\n  diffusion_models: diffusion_models\n"
-            "  text_encoders: text_encoders\n  vae: vae\n")
+            "  text_encoders: text_encoders\n  vae: vae\n  clip_vision: clip_vision\n")
         self.gpu = GpuSampler()
         self.port = 8400
         self.seed = 5000
@@ -89,8 +91,10 @@ class Run:
 
     def workflow(self, spec: dict[str, Any]) -> dict[str, Any]:
         self.seed += 1
-        graph = workflow(self.args.workload, self.seed, self.args.frames, self.args.steps, spec.get("dtype", "default"))
-        if self.args.tiny:  # CPU dry runs: make_wan_models.py --tiny writes *_tiny diffusion models
+        size = (self.args.width, self.args.height) if self.args.width else None
+        graph = workflow(self.args.workload, self.seed, self.args.frames, self.args.steps, spec.get("dtype", "default"),
+                         size)
+        if self.args.tiny:  # CPU dry runs: the makers' --tiny writes *_tiny diffusion models
             graph["1"]["inputs"]["unet_name"] = graph["1"]["inputs"]["unet_name"].replace(".safetensors",
                                                                                             "_tiny.safetensors")
         return graph
@@ -184,9 +188,12 @@ class Run:
         graph = self.workflow(spec)
         submitted = time.time()
         job: dict[str, Any] = {}
+        image = self.start_image() if "LoadImage" in {node["class_type"] for node in graph.values()} else None
         if worker is not None:
-            answer = self.loop.run_until_complete(
-                worker.handle({"id": f"bench-{self.seed}", "input": {"workflow": graph}}))
+            job_input: dict[str, Any] = {"workflow": graph}
+            if image:  # the I2V start image as the job's `images` input, the way a client sends it
+                job_input["images"] = [{"name": INPUT_IMAGE, "image": base64.b64encode(image).decode()}]
+            answer = self.loop.run_until_complete(worker.handle({"id": f"bench-{self.seed}", "input": job_input}))
             job["status"] = "error" if "error" in answer else "success"
             job["error"] = answer.get("error")
             job["timings"] = {k: answer.get("timings", {}).get(k) for k in ("queue_wait_ms", "execution_ms",
@@ -198,12 +205,19 @@ class Run:
             if videos and videos[0].get("type") == "base64":
                 job["video"] = check_video(base64.b64decode(videos[0]["data"]), self.work / "last.mp4")
         else:
+            if image:  # vanilla: ComfyUI's own upload endpoint puts it in the instance's input folder
+                requests.post(f"http://127.0.0.1:{instance.spec.port}/upload/image", timeout=60,
+                              files={"image": (INPUT_IMAGE, image, "image/png")},
+                              data={"overwrite": "true"}).raise_for_status()
             job.update(post_and_wait(instance.spec.port, graph, timeout_s=900))
         job["wall_s"] = round(time.time() - submitted, 2)
         events = requests.get(f"http://127.0.0.1:{instance.spec.port}/probe/events", timeout=30).json()
         job.update(step_metrics(events, submitted))
         job["gpu"] = self.gpu.window(submitted, time.time())
         return job
+
+    def start_image(self) -> bytes:
+        return start_image_png(self.args.width or 832, self.args.height or 480)
 
 
 def write_nodes_yaml(work: Path) -> Path:
@@ -270,7 +284,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     for name in ("comfy", "models", "fe", "out", "work"):
         parser.add_argument(f"--{name}", required=True)
-    parser.add_argument("--workload", default="wan14b", choices=("wan1.3b", "wan14b", "sdxl"))
+    parser.add_argument("--workload", default="wan14b", choices=WORKLOADS)
+    parser.add_argument("--width", type=int, help="the workload's own size when left out (dry runs: smaller)")
+    parser.add_argument("--height", type=int)
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2)
