@@ -20,10 +20,8 @@ def media_type(content_type: str) -> str:
     return major if major in MEDIA_TYPES else "file"
 
 
-def file_entry(output: OutputFile, data: OutputData, delivered: dict[str, Any], index: int, with_data: bool
-               ) -> dict[str, Any]:
-    """The typed entry of a file delivered as `delivered` (its item under `output.kind`, at `index`). Without
-    `with_data`, base64 content is left to the compatible entry, which `key` and `index` point to."""
+def describe_file(output: OutputFile, data: OutputData) -> dict[str, Any]:
+    """What a file is: node, type, content type, size, name, the compatible key, and its media facts."""
     kind = media_type(output.content_type)
     entry: dict[str, Any] = {
         "node_id": output.node_id,
@@ -32,7 +30,6 @@ def file_entry(output: OutputFile, data: OutputData, delivered: dict[str, Any], 
         "size_bytes": data_size(data),
         "filename": output.filename,
         "key": output.kind,
-        "index": index,
     }
     if output.subfolder and output.name != output.filename:
         entry["subfolder"] = output.name.rsplit("/", 1)[0]
@@ -40,6 +37,14 @@ def file_entry(output: OutputFile, data: OutputData, delivered: dict[str, Any], 
         entry["animated"] = True
     if kind in ("video", "audio"):
         entry.update(media_facts(data))
+    return entry
+
+
+def file_entry(output: OutputFile, data: OutputData, delivered: dict[str, Any], index: int, with_data: bool
+               ) -> dict[str, Any]:
+    """The typed entry of a file delivered as `delivered` (its item under `output.kind`, at `index`). Without
+    `with_data`, base64 content is left to the compatible entry, which `key` and `index` point to."""
+    entry = {**describe_file(output, data), "index": index}
     if delivered.get("type") == "s3_url":
         entry["url"] = delivered["data"]
     elif with_data:

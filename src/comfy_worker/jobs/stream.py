@@ -17,8 +17,8 @@ from typing import Any
 
 from comfy_worker.comfy.previews import PreviewFrame, shrink_to_jpeg
 from comfy_worker.delivery.image_format import convert_images
-from comfy_worker.delivery.outputs import OutputData, find_outputs, read_output
-from comfy_worker.delivery.typed_outputs import media_facts, media_type
+from comfy_worker.delivery.outputs import OutputData, data_size, find_outputs, read_output
+from comfy_worker.delivery.typed_outputs import describe_file
 from comfy_worker.fleet.instance import InstanceDirs
 from comfy_worker.jobs.job_input import JobRequest
 from comfy_worker.jobs.progress import Sender
@@ -78,7 +78,7 @@ class JobStream:
             for found in files:
                 read = [(found, read_output(found, dirs))]
                 [(converted, data)], _ = convert_images(read, request.image_format, request.image_quality)
-                self.put(_file_event(converted, data, inline and _size(data) <= inline_limit_bytes))
+                self.put(_file_event(converted, data, inline and data_size(data) <= inline_limit_bytes))
             for text in texts:
                 self.put({"event": "output", "node_id": text.node_id, "type": "text",
                           "content_type": "text/plain; charset=utf-8", "size_bytes": len(text.text.encode()),
@@ -87,21 +87,8 @@ class JobStream:
             log.warning("output of node %s not streamed: %s", node_id, error)
 
 
-def _size(data: OutputData) -> int:
-    return len(data) if isinstance(data, bytes) else data.stat().st_size
-
-
 def _file_event(found: Any, data: OutputData, with_data: bool) -> dict[str, Any]:
-    kind = media_type(found.content_type)
-    event: dict[str, Any] = {"event": "output", "node_id": found.node_id, "type": kind,
-                             "content_type": found.content_type, "size_bytes": _size(data),
-                             "filename": found.filename, "key": found.kind}
-    if found.subfolder and found.name != found.filename:
-        event["subfolder"] = found.name.rsplit("/", 1)[0]
-    if found.animated:
-        event["animated"] = True
-    if kind in ("video", "audio"):
-        event.update(media_facts(data))
+    event: dict[str, Any] = {"event": "output", **describe_file(found, data)}
     if with_data:
         raw = data if isinstance(data, bytes) else data.read_bytes()
         event["data"] = base64.b64encode(raw).decode("ascii")
