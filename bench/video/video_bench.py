@@ -9,7 +9,8 @@ sampler step by the probe node.
 Configurations (CONFIGS): V vanilla ComfyUI defaults, jobs posted straight to it; W the worker with its defaults
 (comfy_worker.worker.Worker.handle, the handler's only call); WF8 the worker with the workflow's UNETLoader set to
 fp8_e4m3fn_fast (the lossy fp8 opt-in); *24 the same on a 24 GiB card (a ballast process holds the rest of the
-GPU, and the worker is told the card has 24 GiB); W24N/W24D/W24H force COMFY_VRAM_MODE normal/dynamic/high.
+GPU, and the worker is told the card has 24 GiB); W24N/W24D/W24H force COMFY_VRAM_MODE normal/dynamic/high;
+W24F adds ComfyUI's --fast-disk (dynamic loading offloads to the disk-backed file, not private RAM).
 A configuration marked cold starts with the workload's model files evicted from the page cache, so its first job
 is a cold start from disk. The second job of each configuration profiles its last sampler step (kernels, bytes
 copied host → GPU). Results: OUT/video_<tag>.json, written as each configuration ends.
@@ -54,6 +55,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "W24N": {"base": "worker", "ballast": 24, "env": {"COMFY_VRAM_MODE": "normal"}},
     "W24D": {"base": "worker", "ballast": 24, "env": {"COMFY_VRAM_MODE": "dynamic"}},
     "W24H": {"base": "worker", "ballast": 24, "env": {"COMFY_VRAM_MODE": "high"}},
+    "W24F": {"base": "worker", "ballast": 24, "extra_args": "--fast-disk"},
 }
 ALLOC_CONF = "max_split_size_mb:512"  # what start.sh exports for the worker
 
@@ -113,6 +115,8 @@ class Run:
         if vanilla:  # ComfyUI's own defaults: its RAM cache, cudaMallocAsync, no pinning, no VRAM flag
             env.update(COMFY_CACHE="ram", COMFY_CUDA_MALLOC="async", COMFY_CPU_PINNING="0", COMFY_VRAM_MODE="dynamic")
         env.update(spec.get("env", {}))
+        if spec.get("extra_args"):
+            env["COMFY_EXTRA_ARGS"] += " " + spec["extra_args"]
         return load_settings(env)
 
     # --- one configuration ----------------------------------------------------------------------------------------

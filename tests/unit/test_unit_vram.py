@@ -52,7 +52,9 @@ def test_a_jobs_model_files_are_found_in_every_models_folder_with_their_sizes(tm
 def test_the_mode_follows_the_jobs_own_models_not_the_largest_file_on_disk():
     assert resident_bytes(WAN14B) == 28_577_000_000 + 6_731_000_000  # the VAE is moved off for the encoder
     assert job_vram_choice("auto", CARD_24_MIB << 20, SDXL).mode == "high"  # SDXL on a 24 GiB card: resident
-    assert job_vram_choice("auto", CARD_24_MIB << 20, WAN14B).mode == "dynamic"  # 14B: streamed
+    streamed = job_vram_choice("auto", CARD_24_MIB << 20, WAN14B)  # 14B: streamed from the file, not pinned RAM
+    assert (streamed.mode, streamed.flags) == ("dynamic", ("--fast-disk",))
+    assert job_vram_choice("dynamic", CARD_24_MIB << 20, WAN14B).flags == ()  # forced: ComfyUI's own pinned copy
     assert job_vram_choice("auto", H200_MIB << 20, WAN14B).mode == "high"
     assert job_vram_choice("normal", H200_MIB << 20, WAN14B).flags == ("--disable-dynamic-vram",)
 
@@ -63,7 +65,7 @@ def test_an_instance_is_restarted_only_when_its_mode_does_not_suit_the_job():
                         VramChoice("high", MODE_FLAGS["high"], "start"))
     switched = vram_switch(settings, high, CARD_24_MIB << 20, WAN14B)
     assert switched is not None and switched.vram.mode == "dynamic"
-    assert switched.flags == ("--disable-cuda-malloc",) and switched.env == {"A": "1"}  # only the VRAM flag changes
+    assert switched.flags == ("--fast-disk", "--disable-cuda-malloc") and switched.env == {"A": "1"}
     assert vram_switch(settings, high, CARD_24_MIB << 20, SDXL) is None
     assert vram_switch(settings, switched, CARD_24_MIB << 20, SDXL).vram.mode == "high"  # and back
     assert vram_switch(settings, high, CARD_24_MIB << 20, []) is None  # no model files known: nothing to decide

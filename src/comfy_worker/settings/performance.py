@@ -11,8 +11,10 @@ from comfy_worker.settings.reader import NETWORK_VOLUME, EnvReader, SettingsErro
 PERFORMANCE = (
     Variable("COMFY_VRAM_MODE", "auto",
              "auto, high, gpu-only, normal, dynamic or low. auto: chosen per job from its own model files: "
-             "--highvram where they fit the card, ComfyUI's dynamic loading where not (the instance restarts to "
-             "switch, 13-24 s, reported in the job's warnings).", "performance"),
+             "--highvram where they fit the card, ComfyUI's dynamic loading from the model file where not "
+             "(--fast-disk: the page cache every instance shares, not a private pinned copy; the instance restarts "
+             "to switch, 13-24 s, reported in the job's warnings). dynamic: ComfyUI's own dynamic loading with a "
+             "pinned copy in each instance's RAM.", "performance"),
     Variable("COMFY_CPU_PINNING", "1",
              "Pin each GPU instance to its own CPU cores (NUMA node of its GPU, else an even split).", "performance"),
     Variable("COMFY_WORKER_CPUS", "1", "CPU cores left to the worker process when instances are pinned.",
