@@ -35,8 +35,8 @@ MODE_FLAGS: dict[str, tuple[str, ...]] = {
 GIB = 1 << 30
 # The mode for models that do not fit: ComfyUI's dynamic loading streamed Wan 14B's weights on an H200 held to
 # 24 GiB at 6.08 s/step against 6.05 resident (docs/benchmarks/video.md). With --fast-disk it streams them from the
-# model file (the page cache, shared by every instance) instead of a private pinned copy: 6.10 s/step and 16.9 GiB
-# of host RAM per instance instead of 36.7 GiB. COMFY_VRAM_MODE=dynamic keeps ComfyUI's own pinned copy.
+# model file (the page cache, shared by every instance) instead of a private pinned copy: 6.10 s/step and 16.5 GiB
+# of host RAM per instance instead of 35.8 GiB. COMFY_VRAM_MODE=dynamic keeps ComfyUI's own pinned copy.
 OFFLOAD_MODE = "dynamic"
 OFFLOAD_FLAGS = ("--fast-disk",)
 # Allowances, not fitted: on the SDXL benchmark (6.5 GiB of files, 1024², CFG) the GPU showed at most 12.9 GiB in
