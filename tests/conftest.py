@@ -151,3 +151,11 @@ def local_api(comfyui_dir: Path, work_dir: Path, **extra: str) -> Iterator[str]:
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def wait_until(condition, timeout_s: float) -> bool:
+    """Polls `condition` until it holds or `timeout_s` passes; returns its last value."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return condition()

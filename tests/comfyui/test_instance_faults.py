@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT_FOR_TESTS, make_job, worker_env
+from conftest import REPO_ROOT_FOR_TESTS, make_job, wait_until, worker_env
 from workflows import invert, sleep, through
 
 from comfy_worker.fleet.tuning import LaunchTuning
@@ -183,3 +183,15 @@ def test_an_instance_relaunched_with_another_tuning_serves_with_it(worker, run):
         assert "error" not in result and result["instance"] == "cpu1", result
     finally:
         worker.fleet.relaunch(instance, tuning)
+
+
+def test_a_relaunch_bounded_by_a_jobs_time_leaves_the_instance_starting_and_it_comes_back(worker, run):
+    """A VRAM-mode restart waits no longer than the job has left (on_instance raises the job's timeout then); the
+    instance is not killed for it: it finishes starting on its own and serves again."""
+    instance = worker.fleet.instances[1]
+    launches = instance.launches
+    assert worker.fleet.relaunch(instance, instance.tuning, wait_s=0.05) is False
+    assert instance.launches == launches + 1 and not instance.healthy and instance.is_alive()
+    assert wait_until(lambda: instance.healthy, 120), "the instance did not come back after the bounded wait"
+    result = run(worker.handle(make_job(invert(), gpu=1)))
+    assert "error" not in result and result["instance"] == "cpu1", result

@@ -12,7 +12,7 @@ import signal
 import time
 
 import pytest
-from conftest import make_job, worker_env
+from conftest import make_job, wait_until, worker_env
 from workflows import invert, sleep
 
 from comfy_worker.settings import load_settings
@@ -38,13 +38,6 @@ def kill(instance) -> None:
     if instance.pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(instance.pid, signal.SIGKILL)
-
-
-def wait_until(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return condition()
 
 
 def test_an_instance_killed_while_it_restarts_comes_back(fleet_worker, run):

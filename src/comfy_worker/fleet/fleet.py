@@ -162,16 +162,27 @@ class Fleet:
             return None
         return next((g for g in self.gpus if g.index == instance.spec.gpu), None)
 
-    def relaunch(self, instance: ComfyInstance, tuning: LaunchTuning) -> None:
+    def relaunch(self, instance: ComfyInstance, tuning: LaunchTuning, wait_s: float | None = None) -> bool:
         """Restarts an instance with another launch tuning (another VRAM mode) and waits until it answers; called
         by the job that leased it, so no other job is on it. Raises InstanceUnavailable if it does not come back
-        (then the watcher restarts it with the new tuning)."""
+        (then the watcher restarts it with the new tuning). With `wait_s` (what is left of the job's time) shorter
+        than the start timeout, returns False once that has passed: the instance goes on starting and is put in
+        service when it answers."""
         instance.stop()
         instance.tuning = tuning
         instance.launch()
+        if wait_s is not None and wait_s < self.settings.start_timeout_s:
+            try:
+                instance.wait_ready(wait_s)
+            except InstanceUnavailable:
+                if instance.is_alive():
+                    threading.Thread(target=self._await_restart, args=(instance,), daemon=True,
+                                     name=f"restart-{instance.label}").start()
+                    return False
         error = self._wait_ready(instance, first_start=False)
         if error is not None:
             raise InstanceUnavailable(error)
+        return True
 
     def _await_restart(self, instance: ComfyInstance) -> None:
         ready = self._wait_ready(instance, first_start=False) is None

@@ -77,7 +77,9 @@ class OnInstance:
         note = (f"{instance.label} restarted in VRAM mode {switched.vram.mode} for this job "
                 f"({switched.vram.reason}); it was in mode {previous}")
         ctx.log.info("%s", note)
-        self.fleet.relaunch(instance, switched)
+        if not self.fleet.relaunch(instance, switched, wait_s=max(0.0, ctx.deadline.remaining())):
+            raise ctx.deadline.error(f"restarting {instance.label} in VRAM mode {switched.vram.mode} for this job's "
+                                     "models (the instance goes on starting)")
         timings["vram_switch_ms"] = ms_since(started)
         return [f"{note}: {timings['vram_switch_ms'] / 1000:.1f} s"]
 
