@@ -1,6 +1,7 @@
-"""GPU busy %: a background thread keeps NVML's utilization samples of every GPU the fleet uses (the last 15
-minutes, plus running totals since it started) and answers a GPU's busy % over a time window. Without NVML (a CPU
-machine, tests) or with GPU_BUSY_SAMPLE_MS=0 it does nothing and every figure is None.
+"""How busy each GPU is: NVML's utilization, sampled in the background, as a mean over a time window.
+
+A daemon thread keeps the samples of every GPU the fleet uses (the last 15 minutes, plus running totals since it
+started). Without NVML (a CPU machine, tests) or with GPU_BUSY_SAMPLE_MS=0 it does nothing and every figure is None.
 
 A sample is (time.monotonic() seconds, busy %). NVML's utilization is the share of the period before its
 timestamp during which a kernel ran, so a sample stands for the stretch since the previous sample (at most
