@@ -28,6 +28,7 @@ HORIZON_S = 15 * 60.0
 MAX_SPAN_S = 1.0
 WINDOW_S = 60.0
 STOP_WAIT_S = 5.0
+FRESH_S = 0.02  # a figure asked for within this long of the last read uses it (a snapshot asks once per instance)
 
 
 def busy_between(samples: Sequence[Sample], t0: float, t1: float, max_span_s: float = MAX_SPAN_S) -> float | None:
@@ -101,6 +102,7 @@ class GpuBusySampler:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing: set[int] = set()  # GPUs whose last read failed (logged once until they read again)
+        self._read_at = -math.inf
 
     @classmethod
     def off(cls) -> GpuBusySampler:
@@ -137,6 +139,7 @@ class GpuBusySampler:
         with self._lock:
             if self._read is None or self._stopped.is_set():
                 return
+            self._read_at = self._clock()
             for gpu, ring in self._rings.items():
                 try:
                     ring.add(self._read(gpu))
@@ -151,7 +154,8 @@ class GpuBusySampler:
     def _samples(self, gpu: int | None) -> tuple[BusyRing, list[Sample]] | None:
         if gpu not in self._rings or not self.sampling:
             return None
-        self.poll()
+        if self._clock() - self._read_at > FRESH_S:
+            self.poll()
         with self._lock:
             ring = self._rings[gpu]
             return ring, list(ring.samples)
