@@ -12,15 +12,24 @@ import pytest
 from comfy_worker.fleet.gpu_busy import BusyRing, GpuBusySampler, NvmlReader, busy_between, busy_last, start_gpu_busy
 from comfy_worker.settings import SettingsError, load_settings
 
-# NVML's own rhythm: a sample every 1/6 s. Busy for the first second (t in (0, 1]), idle for the next one.
+# A sample every 1/6 s (some GPUs' rhythm). Busy for the first second (t in (0, 1]), idle for the next one.
 SIXTH = 1 / 6
 RECORDED = [(round(k * SIXTH, 4), 100.0 if k <= 6 else 0.0) for k in range(1, 13)]
+# Read from an H200 (driver 580): one sample each 200 ms while a matmul loop started at t = 0.
+H200_MATMUL = list(zip([0.06, 0.26, 0.46, 0.66, 0.86, 1.06, 1.26, 1.46, 1.66, 1.86, 2.06, 2.26, 2.46, 2.66],
+                       [1, 70, 100, 100, 100, 100, 100, 99, 100, 99, 100, 99, 100, 99], strict=True))
 
 
 def test_a_window_over_every_sample_is_their_time_weighted_mean():
     assert busy_between(RECORDED, 0.0, 2.0) == pytest.approx(50.0)
     assert busy_between(RECORDED, 0.0, 1.0) == pytest.approx(100.0)
     assert busy_between(RECORDED, 1.0, 2.0) == pytest.approx(0.0)
+
+
+def test_samples_read_from_an_h200():
+    assert busy_between(H200_MATMUL, 0.26, 2.66) == pytest.approx(1196 / 12)
+    assert busy_between(H200_MATMUL, 0.0, 0.26) == pytest.approx((0.06 * 1 + 0.2 * 70) / 0.26)
+    assert busy_between(H200_MATMUL, 2.5, 3.0) == pytest.approx(99.0)  # covered up to the last sample only
 
 
 def test_a_window_that_cuts_a_sample_counts_only_the_part_inside():

@@ -28,7 +28,6 @@ HORIZON_S = 15 * 60.0
 MAX_SPAN_S = 1.0
 WINDOW_S = 60.0
 STOP_WAIT_S = 5.0
-FRESH_S = 0.02  # a figure asked for within this long of the last read uses it (a snapshot asks once per instance)
 
 
 def busy_between(samples: Sequence[Sample], t0: float, t1: float, max_span_s: float = MAX_SPAN_S) -> float | None:
@@ -102,7 +101,6 @@ class GpuBusySampler:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing: set[int] = set()  # GPUs whose last read failed (logged once until they read again)
-        self._read_at = -math.inf
 
     @classmethod
     def off(cls) -> GpuBusySampler:
@@ -134,12 +132,11 @@ class GpuBusySampler:
             self.poll()
 
     def poll(self) -> None:
-        """Reads every GPU's new samples now (the thread does it each interval; a figure asked for does it first, so
-        it includes the latest samples)."""
+        """Reads every GPU's new samples. Only the thread calls it: one nvmlDeviceGetSamples call takes 1.4 ms on an
+        H200, which a job's answer does not wait for (its window's last samples, up to one interval, are left out)."""
         with self._lock:
             if self._read is None or self._stopped.is_set():
                 return
-            self._read_at = self._clock()
             for gpu, ring in self._rings.items():
                 try:
                     ring.add(self._read(gpu))
@@ -154,8 +151,6 @@ class GpuBusySampler:
     def _samples(self, gpu: int | None) -> tuple[BusyRing, list[Sample]] | None:
         if gpu not in self._rings or not self.sampling:
             return None
-        if self._clock() - self._read_at > FRESH_S:
-            self.poll()
         with self._lock:
             ring = self._rings[gpu]
             return ring, list(ring.samples)
@@ -201,7 +196,7 @@ NO_SAMPLES_FALLBACK_S = 3.0
 
 
 class NvmlReader:
-    """Reads a GPU's utilization samples: the driver's own (about six a second) through nvmlDeviceGetSamples, or,
+    """Reads a GPU's utilization samples: the driver's own (every 200 ms on an H200) through nvmlDeviceGetSamples, or,
     on a GPU that does not keep them, one nvmlDeviceGetUtilizationRates reading per call."""
 
     def __init__(self, nvml: Any, indexes: list[int]) -> None:

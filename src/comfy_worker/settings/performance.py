@@ -42,9 +42,10 @@ PERFORMANCE = (
              "Readers that load a job's model files into the page cache as soon as the job arrives (and the "
              "warm-up workflow's at start), so ComfyUI finds them cached; 0 turns read-ahead off.", "performance"),
     Variable("GPU_BUSY_SAMPLE_MS", "100",
-             "How often the worker reads each GPU's utilization from NVML (the driver's own samples, about six a "
-             "second, where the GPU keeps them), for `timings.gpu_busy_pct` and the metrics' `gpu_busy_pct_60s` and "
-             "`gpu_busy_pct_total`; 0 turns sampling off (the figures are then null).", "performance"),
+             "How often the worker reads each GPU's utilization from NVML (the driver's own samples, every 200 ms "
+             "on an H200, where the GPU keeps them), for `timings.gpu_busy_pct` and the metrics' "
+             "`gpu_busy_pct_60s` and `gpu_busy_pct_total`; 0 turns sampling off (the figures are then null).",
+             "performance"),
     Variable("WARMUP_WORKFLOW", "",
              "A workflow (a file path or inline JSON, API format) run on every instance at start.", "performance"),
 )
