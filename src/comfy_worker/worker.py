@@ -82,7 +82,7 @@ class Worker:
             self.startup_error = str(error) if isinstance(error, WorkerError) else f"{type(error).__name__}: {error}"
             log.exception("the worker could not start: %s", self.startup_error)
             return
-        self.scheduler = Scheduler(self.fleet.instances)
+        self.scheduler = Scheduler(self.fleet.instances, self.fleet.gpu_busy)
         # Each running job holds a thread while it follows its prompt; give every instance room for several.
         self._executor = ThreadPoolExecutor(4 * len(self.fleet.instances) + 4, thread_name_prefix="job")
         self.runner = JobRunner(self.settings, self.fleet, self.scheduler, self.model_cache, self.prefetcher,

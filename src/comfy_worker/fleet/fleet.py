@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from comfy_worker.errors import InstanceUnavailable, WorkerNotReady
+from comfy_worker.fleet.gpu_busy import GpuBusySampler, start_gpu_busy
 from comfy_worker.fleet.gpus import Gpu, detect_gpus
 from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec
 from comfy_worker.fleet.tuning import WORKER_NODES_DIR, LaunchTuning, node_request, plan_launch_tuning
@@ -63,6 +64,7 @@ class Fleet:
         self.start_errors: dict[str, str] = {}  # instance label → why it did not start, with its log tail
         self._failed_restarts: dict[str, int] = {}  # consecutive restarts that did not come up, per instance
         self._next_restart: dict[str, float] = {}
+        self.gpu_busy = GpuBusySampler.off()  # sampling from start() to stop()
 
     def start(self) -> None:
         """Starts every instance at once and waits for all. Instances that fail are reported with their log tail;
@@ -72,6 +74,7 @@ class Fleet:
                 f"no ComfyUI at {self.settings.comfyui_dir} (COMFYUI_DIR): run scripts/setup.sh or set COMFYUI_DIR"
             )
         started = time.monotonic()
+        self.gpu_busy = start_gpu_busy([i.spec.gpu for i in self.instances], self.settings.gpu_busy_sample_ms)
         launch_errors = {instance.label: self._launch(instance) for instance in self.instances}
         with ThreadPoolExecutor(len(self.instances)) as pool:
             failures = list(pool.map(lambda i: launch_errors[i.label] or self._wait_ready(i, first_start=True),
@@ -204,6 +207,7 @@ class Fleet:
 
     def stop(self) -> None:
         self._closing.set()
+        self.gpu_busy.stop()
         for instance in self.instances:  # all at once, then wait for each
             instance.terminate()
         for instance in self.instances:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from comfy_worker.deadline import NO_DEADLINE, Deadline
 from comfy_worker.errors import InstanceUnavailable, InvalidInput
+from comfy_worker.fleet.gpu_busy import GpuBusySampler
 from comfy_worker.fleet.instance import ComfyInstance
 from comfy_worker.fleet.metrics import InstanceMetrics
 
@@ -35,8 +36,9 @@ def least_loaded(loads: Sequence[tuple[int, bool, int]], affinity: Mapping[int, 
 
 
 class Scheduler:
-    def __init__(self, instances: Sequence[ComfyInstance]) -> None:
+    def __init__(self, instances: Sequence[ComfyInstance], gpu_busy: GpuBusySampler | None = None) -> None:
         self.instances = list(instances)
+        self.gpu_busy = gpu_busy or GpuBusySampler.off()
         self.metrics = [InstanceMetrics(instance.label) for instance in self.instances]
         self._locks = [asyncio.Lock() for _ in self.instances]
         self._resident_models: list[frozenset[str]] = [frozenset() for _ in self.instances]
@@ -126,4 +128,6 @@ class Scheduler:
             metrics.queue_length -= 1
 
     def snapshot(self) -> list[dict]:
-        return [m.snapshot() for m in self.metrics]
+        """Every instance's metrics, with the busy % of its GPU (shared by the instances on that GPU)."""
+        return [m.snapshot() | self.gpu_busy.figures(instance.spec.gpu)
+                for m, instance in zip(self.metrics, self.instances, strict=True)]

@@ -103,9 +103,13 @@ class OnInstance:
                 if ctx.stream is not None and request.previews:
                     extra_data["preview_method"] = request.previews  # ComfyUI v0.29 reads it per prompt
                 ctx.deadline.check(f"preparing the workflow on {instance.label} (it was not submitted)")
+                submitted = time.monotonic()
                 prompt_id, warnings = client.submit(workflow, follower.client_id, extra_data)
                 ctx.log.info("prompt %s submitted", prompt_id)
-                return follower.follow(prompt_id, request.workflow, ctx.deadline, ctx.cancel, ctx.progress), warnings
+                execution = follower.follow(prompt_id, request.workflow, ctx.deadline, ctx.cancel, ctx.progress)
+                timings["gpu_busy_pct"] = self.fleet.gpu_busy.busy_between(instance.spec.gpu, submitted,
+                                                                           time.monotonic())
+                return execution, warnings
             finally:
                 follower.close()
         except BaseException as error:

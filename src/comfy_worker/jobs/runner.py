@@ -228,8 +228,10 @@ class JobRunner:
     def _count_job(self) -> None:
         self.jobs_done += 1
         if self.jobs_done % self.settings.metrics_log_every == 0:
-            for metrics in self.scheduler.metrics:
-                log.info("metrics after %d jobs: %s", self.jobs_done, metrics.log_line())
+            for metrics, instance in zip(self.scheduler.metrics, self.scheduler.instances, strict=True):
+                busy = self.scheduler.gpu_busy.figures(instance.spec.gpu)["gpu_busy_pct_60s"]
+                log.info("metrics after %d jobs: %s%s", self.jobs_done, metrics.log_line(),
+                         "" if busy is None else f" gpu_busy_60s={busy}%")
 
 
 def _must_wait(scheduler: Scheduler, pin: int | None) -> bool:

@@ -41,6 +41,11 @@ PERFORMANCE = (
     Variable("MODEL_PREFETCH_THREADS", "8",
              "Readers that load a job's model files into the page cache as soon as the job arrives (and the "
              "warm-up workflow's at start), so ComfyUI finds them cached; 0 turns read-ahead off.", "performance"),
+    Variable("GPU_BUSY_SAMPLE_MS", "100",
+             "How often the worker reads each GPU's utilization from NVML (the driver's own samples, every 200 ms "
+             "on an H200, where the GPU keeps them), for `timings.gpu_busy_pct` and the metrics' "
+             "`gpu_busy_pct_60s` and `gpu_busy_pct_total`; 0 turns sampling off (the figures are then null).",
+             "performance"),
     Variable("WARMUP_WORKFLOW", "",
              "A workflow (a file path or inline JSON, API format) run on every instance at start.", "performance"),
 )
@@ -65,6 +70,7 @@ class PerformanceSettings:
     compile_cache_dir: Path
     warmup_workflow: str
     prefetch_threads: int
+    gpu_busy_sample_ms: int
 
     @classmethod
     def read(cls, env: EnvReader) -> PerformanceSettings:
@@ -82,6 +88,7 @@ class PerformanceSettings:
             compile_cache_dir=_compile_cache_dir(env),
             warmup_workflow=env.raw("WARMUP_WORKFLOW"),
             prefetch_threads=env.integer("MODEL_PREFETCH_THREADS", 8),
+            gpu_busy_sample_ms=env.integer("GPU_BUSY_SAMPLE_MS", 100),
         )
 
 
