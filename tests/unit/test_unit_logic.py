@@ -194,7 +194,8 @@ def test_a_job_queued_for_an_instance_that_became_unhealthy_is_given_another():
 
     from comfy_worker.fleet.scheduler import Scheduler
 
-    first, second = SimpleNamespace(label="cpu0", healthy=True), SimpleNamespace(label="cpu1", healthy=False)
+    first = SimpleNamespace(label="cpu0", healthy=True, spec=InstanceSpec(0, None, 8188))
+    second = SimpleNamespace(label="cpu1", healthy=False, spec=InstanceSpec(1, None, 8189))
     scheduler = Scheduler([first, second])
 
     async def scenario():
@@ -226,7 +227,7 @@ def test_a_job_with_a_deadline_stops_waiting_in_the_queue():
     from comfy_worker.errors import JobTimedOut
     from comfy_worker.fleet.scheduler import Scheduler
 
-    scheduler = Scheduler([SimpleNamespace(label="cpu0", healthy=True)])
+    scheduler = Scheduler([SimpleNamespace(label="cpu0", healthy=True, spec=InstanceSpec(0, None, 8188))])
 
     async def scenario():
         async with scheduler.lease(None, 1):

@@ -15,6 +15,7 @@ from comfy_worker.fleet.gpu_busy import GpuBusySampler, start_gpu_busy
 from comfy_worker.fleet.gpus import Gpu, detect_gpus
 from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec
 from comfy_worker.fleet.tuning import WORKER_NODES_DIR, LaunchTuning, node_request, plan_launch_tuning
+from comfy_worker.fleet.vram import instances_for_card
 from comfy_worker.models.files import ModelFile
 from comfy_worker.settings import Settings
 
@@ -24,17 +25,25 @@ WATCH_INTERVAL_S = 1.0
 RESTART_BACKOFF_MAX_S = 10.0
 
 
-def plan_instances(settings: Settings, gpus: list[Gpu]) -> list[InstanceSpec]:
-    """Which instances to run: one per usable GPU, else CPU instances."""
-    gpu_indexes = [gpu.index for gpu in gpus]
-    if settings.num_gpus is not None:
-        gpu_indexes = gpu_indexes[: settings.num_gpus]
+def plan_instances(settings: Settings, gpus: list[Gpu], warmup_files: list[ModelFile] | None = None
+                   ) -> list[InstanceSpec]:
+    """Which instances to run: INSTANCES_PER_GPU on each usable GPU (consecutive indexes and ports), else CPU
+    instances. `auto` decides per card from the warm-up workflow's model files."""
+    usable = gpus[: settings.num_gpus] if settings.num_gpus is not None else list(gpus)
     if not settings.multi_gpu:
-        gpu_indexes = gpu_indexes[:1]
-    if gpu_indexes:
-        return [InstanceSpec(i, gpu, settings.base_port + i) for i, gpu in enumerate(gpu_indexes)]
-    count = settings.cpu_instances if settings.multi_gpu else 1
-    return [InstanceSpec(i, None, settings.base_port + i) for i in range(count)]
+        usable = usable[:1]
+    if not usable:
+        count = settings.cpu_instances if settings.multi_gpu else 1
+        return [InstanceSpec(i, None, settings.base_port + i) for i in range(count)]
+    specs: list[InstanceSpec] = []
+    for gpu in usable:
+        count, reason = instances_for_card(settings.instances_per_gpu, gpu.memory_total_mib << 20, warmup_files or [])
+        if settings.instances_per_gpu != "1":
+            log.info("GPU %d (%s): %d instance(s): %s", gpu.index, gpu.name, count, reason)
+        for slot in range(count):
+            index = len(specs)
+            specs.append(InstanceSpec(index, gpu.index, settings.base_port + index, slot))
+    return specs
 
 
 def write_custom_nodes_config(settings: Settings) -> Path:
@@ -54,7 +63,7 @@ class Fleet:
         self.settings = settings
         self.gpus = detect_gpus() if gpus is None else gpus
         model_paths = [*settings.extra_model_paths, *more_model_paths, write_custom_nodes_config(settings)]
-        specs = plan_instances(settings, self.gpus)
+        specs = plan_instances(settings, self.gpus, warmup_files)
         tunings = plan_launch_tuning(settings, self.gpus, [spec.gpu for spec in specs], warmup_files or [])
         self.instances = [
             ComfyInstance(spec, settings, model_paths, tuning) for spec, tuning in zip(specs, tunings, strict=True)
@@ -164,6 +173,18 @@ class Fleet:
         if instance.spec.gpu is None:
             return None
         return next((g for g in self.gpus if g.index == instance.spec.gpu), None)
+
+    def siblings(self, instance: ComfyInstance) -> list[ComfyInstance]:
+        """The other instances on the same GPU (INSTANCES_PER_GPU)."""
+        if instance.spec.gpu is None:
+            return []
+        return [i for i in self.instances if i.spec.gpu == instance.spec.gpu and i is not instance]
+
+    def vram_share_mib(self, instance: ComfyInstance) -> int | None:
+        """The part of its card an instance plans its VRAM mode for: the card, split evenly between the instances
+        that share it."""
+        gpu = self.gpu_of(instance)
+        return gpu.memory_total_mib // (1 + len(self.siblings(instance))) if gpu else None
 
     def relaunch(self, instance: ComfyInstance, tuning: LaunchTuning, wait_s: float | None = None) -> bool:
         """Restarts an instance with another launch tuning (another VRAM mode) and waits until it answers; called

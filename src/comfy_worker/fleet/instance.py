@@ -32,10 +32,14 @@ class InstanceSpec:
     index: int
     gpu: int | None  # None: a CPU instance
     port: int
+    slot: int = 0  # which of the instances sharing its GPU (INSTANCES_PER_GPU)
 
     @property
     def label(self) -> str:
-        return f"gpu{self.gpu}" if self.gpu is not None else f"cpu{self.index}"
+        """gpu0, then gpu0.1 for a second instance on GPU 0; cpu0, cpu1 … for CPU instances."""
+        if self.gpu is None:
+            return f"cpu{self.index}"
+        return f"gpu{self.gpu}" + (f".{self.slot}" if self.slot else "")
 
 
 @dataclass(frozen=True)

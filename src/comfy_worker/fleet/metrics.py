@@ -8,6 +8,7 @@ from dataclasses import dataclass
 @dataclass
 class InstanceMetrics:
     label: str
+    gpu: int | None = None  # its GPU's index (INSTANCES_PER_GPU may put several instances on one)
     jobs: int = 0
     successes: int = 0
     failures: int = 0
@@ -29,6 +30,7 @@ class InstanceMetrics:
         jobs = max(self.jobs, 1)
         return {
             "instance": self.label,
+            "gpu": self.gpu,
             "jobs": self.jobs,
             "successes": self.successes,
             "failures": self.failures,

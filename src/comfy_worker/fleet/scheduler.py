@@ -39,7 +39,7 @@ class Scheduler:
     def __init__(self, instances: Sequence[ComfyInstance], gpu_busy: GpuBusySampler | None = None) -> None:
         self.instances = list(instances)
         self.gpu_busy = gpu_busy or GpuBusySampler.off()
-        self.metrics = [InstanceMetrics(instance.label) for instance in self.instances]
+        self.metrics = [InstanceMetrics(instance.label, instance.spec.gpu) for instance in self.instances]
         self._locks = [asyncio.Lock() for _ in self.instances]
         self._resident_models: list[frozenset[str]] = [frozenset() for _ in self.instances]
 
@@ -52,21 +52,34 @@ class Scheduler:
         metrics = self.metrics[index]
         return metrics.queue_length + metrics.running
 
+    def pinned(self, pin: int) -> list[int]:
+        """The instances a job's `gpu` pin names: every instance of the pin-th GPU (INSTANCES_PER_GPU may run more
+        than one on it); on a CPU-only worker, the pin-th CPU instance."""
+        groups: dict[object, list[int]] = {}
+        for index, instance in enumerate(self.instances):
+            gpu = instance.spec.gpu
+            groups.setdefault(("gpu", gpu) if gpu is not None else ("cpu", index), []).append(index)
+        ordered = list(groups.values())
+        if pin >= len(ordered):
+            gpus = any(instance.spec.gpu is not None for instance in self.instances)
+            runs = (f"{len(ordered)} GPU(s) ({len(self.instances)} instance(s))" if gpus
+                    else f"{len(ordered)} CPU instance(s)")
+            raise InvalidInput(f"'gpu': {pin} is out of range: this worker runs {runs}, numbered 0 to "
+                               f"{len(ordered) - 1}")
+        return ordered[pin]
+
     def choose(self, pin: int | None, models: frozenset[str] = frozenset(), avoid: frozenset[int] = frozenset()) -> int:
-        if pin is not None:
-            if pin >= len(self.instances):
-                raise InvalidInput(
-                    f"'gpu': {pin} is out of range: this worker runs {len(self.instances)} instance(s), "
-                    f"numbered 0 to {len(self.instances) - 1}"
-                )
-            instance = self.instances[pin]
-            if not instance.healthy:
-                raise InstanceUnavailable(
-                    f"'gpu': {pin} pins instance {instance.label}, which is not healthy now (restarting or failed); "
-                    "send the job without 'gpu' to run it on another instance"
-                )
-            return pin
         affinity = {i: len(models & resident) for i, resident in enumerate(self._resident_models)}
+        if pin is not None:
+            members = self.pinned(pin)
+            chosen = least_loaded([(i, self.instances[i].healthy, self.load(i)) for i in members], affinity)
+            if chosen is None:
+                labels = ", ".join(self.instances[i].label for i in members)
+                raise InstanceUnavailable(
+                    f"'gpu': {pin} pins {labels}, which {'is' if len(members) == 1 else 'are'} not healthy now "
+                    "(restarting or failed); send the job without 'gpu' to run it on another instance"
+                )
+            return chosen
         loads = [(i, inst.healthy, self.load(i)) for i, inst in enumerate(self.instances)]
         chosen = least_loaded([row for row in loads if row[0] not in avoid], affinity)
         if chosen is None:  # nothing else is healthy: back to an avoided one rather than failing

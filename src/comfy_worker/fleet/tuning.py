@@ -7,13 +7,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comfy_worker.fleet.cpu_layout import CpuSet, available_cpus, gpu_numa_node, numa_node_cpus, plan_cpu_sets
 from comfy_worker.fleet.gpus import Gpu
-from comfy_worker.fleet.vram import MODE_FLAGS, VramChoice, job_vram_choice
+from comfy_worker.fleet.vram import MODE_FLAGS, OFFLOAD_MODE, VramChoice, job_vram_choice
 from comfy_worker.models.files import ModelFile
 from comfy_worker.settings import Settings
+
+if TYPE_CHECKING:  # instance.py imports this module
+    from comfy_worker.fleet.instance import InstanceSpec
 
 log = logging.getLogger("comfy_worker.tuning")
 
@@ -41,7 +44,8 @@ class LaunchTuning:
 def plan_launch_tuning(settings: Settings, gpus: list[Gpu], instance_gpus: list[int | None],
                        warmup_files: list[ModelFile] | None = None) -> list[LaunchTuning]:
     """One LaunchTuning per instance; CPU instances (tests, CPU-only machines) get none. A GPU instance starts in
-    the VRAM mode the warm-up workflow's model files need (none: the card's size decides)."""
+    the VRAM mode the warm-up workflow's model files need (none: the card's size decides) in its share of the card
+    (the card split evenly between the instances on it); instances of one GPU split the cores meant for it."""
     by_index = {gpu.index: gpu for gpu in gpus}
     gpu_instances = [gpu for gpu in instance_gpus if gpu is not None]
     cpu_sets: list[CpuSet | None] = [None] * len(gpu_instances)
@@ -62,7 +66,8 @@ def plan_launch_tuning(settings: Settings, gpus: list[Gpu], instance_gpus: list[
         if user_vram_flags:  # ComfyUI refuses two VRAM flags: the user's own wins
             vram = VramChoice("custom", (), f"COMFY_EXTRA_ARGS sets {' '.join(user_vram_flags)}")
         else:
-            vram = job_vram_choice(settings.vram_mode, card.memory_total_mib << 20 if card else None, warmup_files)
+            share = (card.memory_total_mib << 20) // instance_gpus.count(gpu) if card else None
+            vram = job_vram_choice(settings.vram_mode, share, warmup_files)
         cpu_set = cpu_sets[position] if position < len(cpu_sets) else None
         position += 1
         flags = list(vram.flags)
@@ -97,6 +102,16 @@ def vram_switch(settings: Settings, tuning: LaunchTuning, vram_bytes: int | None
     return LaunchTuning(needed.flags + others, tuning.env, tuning.cpu_set, needed)
 
 
+def shared_gpu_offload_warning(spec: InstanceSpec, mode: str, sibling_labels: list[str]) -> str | None:
+    """The job's warning when its instance must offload its models (dynamic VRAM mode) while other instances share
+    its GPU (INSTANCES_PER_GPU): two instances only pay off for models that fit twice."""
+    if mode != OFFLOAD_MODE or not sibling_labels:
+        return None
+    return (f"{spec.label} offloads this job's models ({OFFLOAD_MODE} VRAM mode) while {', '.join(sibling_labels)} "
+            f"shares GPU {spec.gpu}: two instances on one GPU only pay off for models that fit twice in it; set "
+            "INSTANCES_PER_GPU=1 (or auto) for such workflows")
+
+
 def node_request(settings: Settings, on_gpu: bool) -> dict[str, Any]:
     """The body POSTed to /worker/tuning once an instance answers."""
     compile_options = None
@@ -108,5 +123,6 @@ def node_request(settings: Settings, on_gpu: bool) -> dict[str, Any]:
                         "CUDA graphs")
             mode = None
         compile_options = {"backend": settings.torch_compile, "mode": mode}
-    return {"tf32": settings.tf32, "cudnn_benchmark": settings.cudnn_benchmark, "compile": compile_options}
+    return {"tf32": settings.tf32, "cudnn_benchmark": settings.cudnn_benchmark, "compile": compile_options,
+            "png_compress_level": settings.png_compress_level}
 

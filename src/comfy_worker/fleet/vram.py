@@ -62,11 +62,30 @@ def choose_vram_mode(requested: str, vram_bytes: int | None, model_set_bytes: in
         if vram_bytes >= HIGH_WITHOUT_MODELS_MIN_BYTES:
             return VramChoice("high", MODE_FLAGS["high"], f"no models known yet; {vram_bytes / GIB:.0f} GiB card")
         return VramChoice(OFFLOAD_MODE, OFFLOAD_FLAGS, f"no models known yet; {vram_bytes / GIB:.0f} GiB card is small")
-    needed = model_set_bytes * WEIGHT_OVERHEAD + ACTIVATION_HEADROOM_BYTES
+    needed = needed_bytes(model_set_bytes)
     summary = f"models {model_set_bytes / GIB:.1f} GiB need {needed / GIB:.1f} GiB of {vram_bytes / GIB:.1f} GiB"
     if vram_bytes >= needed:
         return VramChoice("high", MODE_FLAGS["high"], summary)
     return VramChoice(OFFLOAD_MODE, OFFLOAD_FLAGS, f"{summary}: {OFFLOAD_MODE} loading from the file")
+
+
+def needed_bytes(model_set_bytes: int) -> float:
+    """What one instance needs on the GPU to hold these models resident and run them."""
+    return model_set_bytes * WEIGHT_OVERHEAD + ACTIVATION_HEADROOM_BYTES
+
+
+def instances_for_card(requested: str, vram_bytes: int | None, files: Iterable[ModelFile]) -> tuple[int, str]:
+    """How many instances share one card (INSTANCES_PER_GPU), and why. `auto` runs two only where the warm-up
+    workflow's models fit twice, each with its own room for activations; without known models, one."""
+    if requested != "auto":
+        return int(requested), "set by INSTANCES_PER_GPU"
+    model_set = resident_bytes(files)
+    if model_set == 0 or vram_bytes is None:
+        return 1, "no warm-up models known" if model_set == 0 else "no GPU memory size known"
+    needed = 2 * needed_bytes(model_set)
+    summary = (f"two instances of models {model_set / GIB:.1f} GiB need {needed / GIB:.1f} GiB of "
+               f"{vram_bytes / GIB:.1f} GiB")
+    return (2, summary) if vram_bytes >= needed else (1, f"{summary}: one instance")
 
 
 def resident_bytes(files: Iterable[ModelFile]) -> int:

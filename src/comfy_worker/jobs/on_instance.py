@@ -26,7 +26,7 @@ from comfy_worker.fleet.fleet import Fleet
 from comfy_worker.fleet.instance import ComfyInstance
 from comfy_worker.fleet.recovery import api_node_ids, class_types, paid_nodes_started
 from comfy_worker.fleet.slow_paths import job_models, slow_path_warnings
-from comfy_worker.fleet.tuning import vram_switch
+from comfy_worker.fleet.tuning import shared_gpu_offload_warning, vram_switch
 from comfy_worker.jobs.context import JobContext, RunOutcome, ms_since
 from comfy_worker.jobs.job_files import remove_new, snapshot
 from comfy_worker.jobs.report import execution_timings
@@ -66,7 +66,7 @@ class OnInstance:
                          timings: dict[str, Any]) -> list[str]:
         """Restarts the instance in the VRAM mode this job's models need when its current one does not suit them
         (--highvram for models that fit, dynamic loading for models that do not: fleet/vram.py)."""
-        gpu_mib = self.gpu_memory_mib(instance)
+        gpu_mib = self.fleet.vram_share_mib(instance)  # its card's, split between the instances sharing it
         if gpu_mib is None:
             return []
         switched = vram_switch(self.settings, instance.tuning, gpu_mib << 20, files)
@@ -81,7 +81,13 @@ class OnInstance:
             raise ctx.deadline.error(f"restarting {instance.label} in VRAM mode {switched.vram.mode} for this job's "
                                      "models (the instance goes on starting)")
         timings["vram_switch_ms"] = ms_since(started)
-        return [f"{note}: {timings['vram_switch_ms'] / 1000:.1f} s"]
+        warnings = [f"{note}: {timings['vram_switch_ms'] / 1000:.1f} s"]
+        shared = shared_gpu_offload_warning(instance.spec, switched.vram.mode,
+                                            [i.label for i in self.fleet.siblings(instance)])
+        if shared:
+            ctx.log.warning("%s", shared)
+            warnings.append(shared)
+        return warnings
 
     def _submit_and_follow(self, ctx: JobContext, instance: ComfyInstance, job_folder: str,
                            timings: dict[str, Any]) -> tuple[Execution, list[str]]:

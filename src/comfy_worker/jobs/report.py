@@ -53,6 +53,7 @@ def tuning_report(instance: ComfyInstance) -> dict[str, Any]:
         "applied": switches.get("applied", []) if "error" not in switches else [switches["error"]],
         "torch": switches.get("torch", {}),
         "compiled_models": switches.get("compiled_models", 0),
+        "png_compress_level": switches.get("png_compress_level"),
     }
 
 

@@ -235,6 +235,9 @@ class JobRunner:
 
 
 def _must_wait(scheduler: Scheduler, pin: int | None) -> bool:
-    """Whether a job would queue behind another: its pinned instance, or every healthy one, is busy."""
-    indexes = [pin] if pin is not None and pin < len(scheduler.instances) else range(len(scheduler.instances))
+    """Whether a job would queue behind another: its pinned GPU's instances, or every healthy one, are busy."""
+    indexes = range(len(scheduler.instances))
+    if pin is not None:
+        with contextlib.suppress(InvalidInput):  # the lease that follows gives the error
+            indexes = scheduler.pinned(pin)
     return all(scheduler.load(i) > 0 for i in indexes if scheduler.instances[i].healthy)

@@ -19,6 +19,11 @@ FLEET = (
              "How many GPUs get an instance; 0 runs CPU instances even where GPUs exist.", "fleet"),
     Variable("COMFY_MULTI_GPU_SCHED", "1", "0 runs a single instance on GPU 0 (the rollback switch).", "fleet"),
     Variable("COMFY_CPU_INSTANCES", "1", "How many CPU instances run on a machine without a GPU.", "fleet"),
+    Variable("INSTANCES_PER_GPU", "1",
+             "ComfyUI instances on each GPU: 1, 2 (one samples while the other saves its outputs), or auto (2 where "
+             "the warm-up workflow's models fit twice in the card's memory with room for activations, else 1). Each "
+             "instance gets its own port, folders, CPU cores and half the card for its VRAM mode; CPU-only machines "
+             "ignore it (COMFY_CPU_INSTANCES decides).", "fleet"),
     Variable("COMFY_HOST", "127.0.0.1", "Address the instances listen on (loopback only).", "fleet"),
     Variable("COMFY_BASE_PORT", "8188", "Instance i listens on this port + i.", "fleet"),
     Variable("COMFY_EXTRA_ARGS", "", "Extra ComfyUI command-line flags for every instance.", "fleet"),
@@ -35,6 +40,7 @@ FLEET = (
     Variable("COMFY_RESTART_DEAD", "1", "Restart an instance whose process exits while the worker runs.", "fleet"),
 )
 
+INSTANCES_PER_GPU = ("1", "2", "auto")
 CACHE_FLAGS = {"classic": ("--cache-classic",), "ram": (), "none": ("--cache-none",)}
 
 
@@ -46,6 +52,7 @@ class FleetSettings:
     num_gpus: int | None
     multi_gpu: bool
     cpu_instances: int
+    instances_per_gpu: str  # "1", "2" or "auto"
     host: str
     base_port: int
     extra_args: tuple[str, ...]
@@ -64,6 +71,7 @@ class FleetSettings:
             num_gpus=env.integer("COMFY_NUM_GPUS", 0) if env.raw("COMFY_NUM_GPUS") else None,
             multi_gpu=env.flag("COMFY_MULTI_GPU_SCHED", True),
             cpu_instances=env.integer("COMFY_CPU_INSTANCES", 1, minimum=1),
+            instances_per_gpu=env.choice("INSTANCES_PER_GPU", INSTANCES_PER_GPU),
             host=loopback_host(env.raw("COMFY_HOST") or "127.0.0.1"),
             base_port=env.integer("COMFY_BASE_PORT", 8188, minimum=1),
             extra_args=tuple(shlex.split(env.raw("COMFY_EXTRA_ARGS"))),

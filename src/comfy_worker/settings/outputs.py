@@ -22,6 +22,10 @@ OUTPUTS = (
     Variable("BUCKET_PREFIX", "", "Key prefix: objects are stored as {prefix}/{job_id}/{filename}.", "outputs"),
     Variable("BUCKET_REGION", "", "S3 region (empty: the SDK's default).", "outputs"),
     Variable("BUCKET_URL_EXPIRY_S", "604800", "Lifetime of the presigned URLs returned (7 days).", "outputs"),
+    Variable("PNG_COMPRESS_LEVEL", "4",
+             "zlib level (0-9) of the PNGs that SaveImage (and nodes that inherit its level) writes in every "
+             "instance; 4 is ComfyUI's own. Lower saves faster and writes larger files; PreviewImage keeps its 1 and "
+             "nodes with their own compress_level input keep the user's value.", "outputs"),
     Variable("STREAM_RESULTS", "0",
              "1: the handler is a generator that yields progress, latent previews (when a job asks for `previews`) "
              "and each output as it is saved, then the result (docs/streaming.md); RunPod's /stream shows them and "
@@ -50,6 +54,7 @@ class OutputSettings:
     local_output_dir: Path | None
     s3: S3Config | None
     stream_results: bool
+    png_compress_level: int
 
     @classmethod
     def read(cls, env: EnvReader) -> OutputSettings:
@@ -63,7 +68,15 @@ class OutputSettings:
             local_output_dir=Path(local_output).expanduser() if local_output else None,
             s3=_s3_from(env),
             stream_results=env.flag("STREAM_RESULTS", False),
+            png_compress_level=_png_compress_level(env),
         )
+
+
+def _png_compress_level(env: EnvReader) -> int:
+    level = env.integer("PNG_COMPRESS_LEVEL", 4)
+    if level > 9:
+        raise SettingsError(f"PNG_COMPRESS_LEVEL={level} is not a zlib level: use 0 (none) to 9 (smallest)")
+    return level
 
 
 def _s3_from(env: EnvReader) -> S3Config | None:

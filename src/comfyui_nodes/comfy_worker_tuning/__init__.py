@@ -1,10 +1,13 @@
 """The worker's in-process switches for one ComfyUI instance (a custom node the worker loads into every instance).
 
-POST /worker/tuning {"tf32": bool, "cudnn_benchmark": bool, "compile": {"backend": str, "mode": str|null}|null}
-applies the torch switches, logs each one (`✓ Enabled TF32 …`) and answers with the state read back from torch;
-GET /worker/tuning answers the same state. With `compile` set, every diffusion model loaded afterwards (UNETLoader,
-checkpoint loaders) is wrapped with torch.compile through ComfyUI's own helper, so no workflow changes; a workflow
-that has its own TorchCompileModel node replaces the wrapper with its own.
+POST /worker/tuning {"tf32": bool, "cudnn_benchmark": bool, "compile": {"backend": str, "mode": str|null}|null,
+"png_compress_level": int|null} applies the torch switches, logs each one (`✓ Enabled TF32 …`) and answers with the
+state read back from torch; GET /worker/tuning answers the same state. With `compile` set, every diffusion model
+loaded afterwards (UNETLoader, checkpoint loaders) is wrapped with torch.compile through ComfyUI's own helper, so no
+workflow changes; a workflow that has its own TorchCompileModel node replaces the wrapper with its own.
+
+`png_compress_level` is the zlib level SaveImage writes its PNGs with (ComfyUI's is 4). Nodes that set their own level
+keep it: PreviewImage's 1, a subclass that sets `compress_level` itself, nodes with a compress_level input.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import os
 import time
 
 import comfy.sd
+import nodes
 import server
 import torch
 from aiohttp import web
 
 log = logging.getLogger("comfy_worker_tuning")
 
-STATE: dict = {"tf32": None, "cudnn_benchmark": None, "compile": None, "compiled_models": 0, "applied": []}
+COMFY_PNG_COMPRESS_LEVEL = 4  # SaveImage's own in ComfyUI v0.29
+STATE: dict = {"tf32": None, "cudnn_benchmark": None, "compile": None, "compiled_models": 0, "applied": [],
+               "png_compress_level": COMFY_PNG_COMPRESS_LEVEL}
 
 
 def _torch_state() -> dict:
@@ -55,6 +61,10 @@ def apply(request: dict) -> dict:
                 f"mode {compile_options.get('mode') or 'default'})")
     else:
         _report("✗ Disabled torch.compile of diffusion models")
+    level = request.get("png_compress_level")
+    if level is not None:
+        STATE["png_compress_level"] = int(level)
+        _report(f"✓ PNG compress level {int(level)} for SaveImage")
     return state()
 
 
@@ -91,6 +101,28 @@ def load_checkpoint_guess_config(*args, **kwargs):
 
 comfy.sd.load_diffusion_model = load_diffusion_model
 comfy.sd.load_checkpoint_guess_config = load_checkpoint_guess_config
+
+
+def _get_compress_level(node) -> int:
+    return node.__dict__.get("_own_compress_level", STATE["png_compress_level"])
+
+
+def _set_compress_level(node, level: int) -> None:
+    node.__dict__["_own_compress_level"] = level
+
+
+_save_image_init = nodes.SaveImage.__init__
+
+
+def save_image_init(self, *args, **kwargs) -> None:
+    """SaveImage's own level (4) gives way to the configured one, read at each save: ComfyUI keeps node objects
+    between prompts. A subclass that sets its level after this, or without calling it (PreviewImage), keeps its own."""
+    _save_image_init(self, *args, **kwargs)
+    self.__dict__.pop("_own_compress_level", None)
+
+
+nodes.SaveImage.compress_level = property(_get_compress_level, _set_compress_level)
+nodes.SaveImage.__init__ = save_image_init
 
 
 @server.PromptServer.instance.routes.get("/worker/tuning")
