@@ -88,7 +88,7 @@ def test_each_instance_gets_its_gpu_port_and_own_folders():
     joined = " ".join(command)
     assert "--listen 127.0.0.1 --port 8189" in joined and "--cuda-device 1" in joined and "--cpu" not in command
     for flag, path in [("--user-directory", "/w/gpu1/user"), ("--input-directory", "/w/gpu1/input"),
-                       ("--output-directory", "/w/gpu1/output"), ("--temp-directory", "/w/gpu1/temp"),
+                       ("--output-directory", "/w/gpu1/output"), ("--temp-directory", "/w/gpu1"),
                        ("--database-url", "sqlite:////w/gpu1/comfyui.db"),
                        ("--extra-model-paths-config", "/v/extra.yaml")]:
         assert command[command.index(flag) + 1] == path

@@ -83,7 +83,7 @@ def build_command(
         "--user-directory", str(dirs.user),
         "--input-directory", str(dirs.input),
         "--output-directory", str(dirs.output),
-        "--temp-directory", str(dirs.temp),
+        "--temp-directory", str(dirs.temp.parent),  # ComfyUI appends "temp": previews land in dirs.temp
         "--database-url", f"sqlite:///{dirs.database}",
     ]
     command += ["--cpu"] if spec.gpu is None else ["--cuda-device", str(spec.gpu)]

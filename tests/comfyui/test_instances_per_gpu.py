@@ -1,0 +1,72 @@
+"""INSTANCES_PER_GPU=2 on real ComfyUI: two instances planned for one GPU record, run on CPU.
+
+This machine has no GPU, so the GPU record is given (`Worker(settings, gpus=[Gpu(...)])`) and the instances are
+started with `--cpu` (COMFY_EXTRA_ARGS; ComfyUI then ignores the `--cuda-device 0` the worker adds); everything
+else (planning, ports, folders, CPU split, tuning, scheduling, the `gpu` pin, the answer and the metrics) is the
+GPU path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import make_job
+from cpu_worker_env import worker_env
+from workflows import sleep
+
+from comfy_worker.fleet.cpu_layout import available_cpus
+from comfy_worker.fleet.gpus import Gpu
+from comfy_worker.logs import configure
+from comfy_worker.settings import load_settings
+from comfy_worker.worker import Worker
+
+pytestmark = pytest.mark.comfyui
+
+
+@pytest.fixture(scope="module")
+def twins(comfyui_dir, tmp_path_factory):
+    configure("INFO")
+    env = worker_env(comfyui_dir, tmp_path_factory.mktemp("twins"), instances=2, COMFY_NUM_GPUS="1",
+                     INSTANCES_PER_GPU="2", COMFY_EXTRA_ARGS="--cpu", COMFY_VRAM_MODE="dynamic", TORCH_COMPILE="off")
+    worker = Worker(load_settings(env), gpus=[Gpu(0, "a GPU record for CPU tests", 143771)])
+    worker.start()
+    if worker.startup_error:
+        worker.stop()
+        pytest.fail(f"the two instances of GPU 0 did not start: {worker.startup_error}", pytrace=False)
+    yield worker
+    worker.stop()
+
+
+def test_two_instances_share_one_gpu_and_take_jobs_side_by_side(twins, run):
+    first, second = twins.fleet.instances
+    assert (first.label, second.label) == ("gpu0", "gpu0.1")
+    assert (first.spec.gpu, second.spec.gpu) == (0, 0) and second.spec.port == first.spec.port + 1
+    assert first.dirs.root != second.dirs.root and first.dirs.root.parent == second.dirs.root.parent
+    if len(available_cpus()) >= 2:  # the GPU's cores are split between its instances
+        assert first.tuning.cpu_set and second.tuning.cpu_set
+        assert set(first.tuning.cpu_set.cpus).isdisjoint(second.tuning.cpu_set.cpus)
+
+    async def both():
+        return await asyncio.gather(twins.handle(make_job(sleep(1.5))), twins.handle(make_job(sleep(1.5))))
+
+    results = run(both())
+    assert all("error" not in r for r in results), results
+    assert sorted(r["instance"] for r in results) == ["gpu0", "gpu0.1"]  # the second job did not queue
+    assert all(r["gpu"] == 0 and r["timings"]["queue_wait_ms"] < 1000 for r in results)
+    metrics = {m["instance"]: m for m in results[-1]["metrics"]}
+    assert set(metrics) == {"gpu0", "gpu0.1"} and all(m["gpu"] == 0 and m["jobs"] >= 1 for m in metrics.values())
+
+
+def test_a_gpu_pin_means_the_gpu_and_an_out_of_range_one_says_how_many_there_are(twins, run):
+    async def pinned_pair():
+        return await asyncio.gather(twins.handle(make_job(sleep(1.5), gpu=0)),
+                                    twins.handle(make_job(sleep(1.5), gpu=0)))
+
+    results = run(pinned_pair())
+    assert all("error" not in r for r in results), results
+    assert sorted(r["instance"] for r in results) == ["gpu0", "gpu0.1"]  # the less loaded instance of GPU 0
+
+    result = run(twins.handle(make_job(sleep(0.1), gpu=1)))
+    assert result["error"].startswith("'gpu': 1 is out of range: this worker runs 1 GPU(s) (2 instance(s)), "
+                                      "numbered 0 to 0"), result
