@@ -2,6 +2,7 @@
 
     python bench/bench.py --plan flags  --comfy DIR --models DIR --out DIR [--deadline S]   # one GPU
     python bench/bench.py --plan worker --comfy DIR --models DIR --out DIR [--deadline S]   # two GPUs
+    python bench/bench.py --plan stream --comfy DIR --models DIR --out DIR [--deadline S]   # one GPU, issue 15
     python bench/bench.py --plan smoke  ...  --cpu                                           # a CPU dry run
 
 `flags` compares ComfyUI configurations on one GPU, each instance started the way the worker starts it
@@ -11,6 +12,8 @@ torch.compile with a cold and a warm cache (P4, P5, P6).
 `worker` drives the worker itself (comfy_worker.worker.Worker.handle, the handler's only call) with jobs
 submitted concurrently as RunPod does: 1 vs 2 GPUs (P1), through the worker vs straight to ComfyUI (P2), host
 RAM per extra instance (P3), CPU pinning on and off, VRAM modes, warm-up and cold start (P6, P7).
+`stream` submits a stream of concurrent SDXL jobs on one GPU to vanilla ComfyUI and to the worker in four
+configurations (1 or 2 instances per GPU, PNG compression 1 or the default), with a GPU busy timeline (P8, P5b).
 Results go to OUT/results.json as each phase ends (a later phase failing keeps the earlier ones);
 bench/report.py turns them into docs/benchmarks/.
 """
@@ -31,6 +34,7 @@ from plans.flags import plan_flags
 from plans.models import plan_models
 from plans.p2probe import plan_p2probe
 from plans.scaling import plan_scaling
+from plans.stream import plan_stream
 from plans.worker import plan_worker
 from runner import Bench
 
@@ -39,7 +43,8 @@ log = logging.getLogger("bench")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", choices=("flags", "worker", "smoke", "p2probe", "scaling", "models"), required=True)
+    parser.add_argument("--plan", required=True,
+                        choices=("flags", "worker", "smoke", "p2probe", "scaling", "models", "stream"))
     parser.add_argument("--comfy", required=True, help="the ComfyUI folder")
     parser.add_argument("--models", required=True, help="MODELS_DIR of bench/make_models.py")
     parser.add_argument("--out", required=True)
@@ -53,6 +58,8 @@ def main() -> None:
     parser.add_argument("--soak-s", type=float, default=300, help="scaling plan: each concurrent run's length")
     parser.add_argument("--soak-caches", default="classic",
                         help="scaling plan: a concurrent run on all GPUs for each of these COMFY_CACHE values")
+    parser.add_argument("--stream-jobs", type=int, default=20,
+                        help="stream plan: jobs submitted at once in each phase (a --cpu dry run caps it at 4)")
     parser.add_argument("--keep-compile-cache", action="store_true", help="start from the compile cache on disk")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
@@ -74,6 +81,8 @@ def main() -> None:
             plan_scaling(bench)
         if args.plan == "models":
             plan_models(bench)
+        if args.plan == "stream":
+            plan_stream(bench)
     finally:
         bench.results["total_s"] = round(time.monotonic() - bench.started, 1)
         (bench.out / "results.json").write_text(json.dumps(bench.results, indent=1, default=str))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import statistics
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 MIB = 1 << 20
@@ -53,45 +55,124 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 class GpuSampler:
-    """Samples utilisation and memory of every GPU at 4 Hz through NVML while a phase runs."""
+    """NVML sampling on a thread while a phase runs: busy % and memory used of every GPU (or the given ones), and
+    optionally the PCIe receive rate. Busy % comes from the driver's own timestamped utilisation samples
+    (nvmlDeviceGetSamples, read every `period_s`), else from nvmlDeviceGetUtilizationRates every 50 ms. Without NVML
+    (a CPU dry run) it samples nothing: `ok` is False and `error` says why. Times are Unix seconds (time.time())."""
 
-    def __init__(self) -> None:
-        self.samples: list[tuple[int, int, int]] = []
+    FALLBACK_PERIOD_S = 0.05
+
+    def __init__(self, gpus: list[int] | None = None, period_s: float = 0.25, pcie: bool = False) -> None:
+        self.busy: dict[int, list[tuple[float, int]]] = {}
+        self.memory: dict[int, list[tuple[float, int, float | None]]] = {}  # (t, used MiB, PCIe rx KB/s)
+        self.ok, self.error, self.method = False, "", "none"
+        self.name, self.total_mib = None, None
+        self._period_s, self._pcie = period_s, pcie
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> GpuSampler:
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        except Exception:
-            return self
+            indices = gpus if gpus is not None else list(range(pynvml.nvmlDeviceGetCount()))
+            self._handles = {index: pynvml.nvmlDeviceGetHandleByIndex(index) for index in indices}
+            self.nvml = pynvml
+            first = next(iter(self._handles.values()))
+            self.name = pynvml.nvmlDeviceGetName(first)
+            self.total_mib = pynvml.nvmlDeviceGetMemoryInfo(first).total // MIB
+            self.ok = True
+        except Exception as error:  # no GPU, no driver: a CPU dry run
+            self.error = f"no NVML: {error!r}"
 
-        def loop() -> None:
-            while not self._stop.wait(0.25):
-                for index, handle in enumerate(handles):
-                    util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
-                    used = pynvml.nvmlDeviceGetMemoryInfo(handle).used // MIB
-                    self.samples.append((index, util, used))
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
+    def start(self) -> GpuSampler:
+        if self.ok and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def stop(self) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(2)
 
+    def __enter__(self) -> GpuSampler:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _loop(self) -> None:
+        nv = self.nvml
+        started_us = int(time.time() * 1e6)
+        last_seen = dict.fromkeys(self._handles, started_us)
+        self.method = "samples"
+        next_memory = 0.0
+        while not self._stop.is_set():
+            now = time.time()
+            for index, handle in self._handles.items():
+                if self.method == "samples":
+                    try:
+                        _, samples = nv.nvmlDeviceGetSamples(handle, nv.NVML_GPU_UTILIZATION_SAMPLES, last_seen[index])
+                        for sample in samples:
+                            if sample.timeStamp > last_seen[index]:
+                                self.busy.setdefault(index, []).append((sample.timeStamp / 1e6,
+                                                                        int(sample.sampleValue.uiVal)))
+                                last_seen[index] = sample.timeStamp
+                    except nv.NVMLError as error:
+                        if error.value != nv.NVML_ERROR_NOT_FOUND:  # NOT_FOUND: no new sample yet
+                            self.method = "utilization_rates"
+                if self.method == "utilization_rates":
+                    with contextlib.suppress(nv.NVMLError):
+                        self.busy.setdefault(index, []).append((now, nv.nvmlDeviceGetUtilizationRates(handle).gpu))
+                if now >= next_memory:
+                    try:
+                        rx = nv.nvmlDeviceGetPcieThroughput(handle, nv.NVML_PCIE_UTIL_RX_BYTES) if self._pcie else None
+                        self.memory.setdefault(index, []).append((now, nv.nvmlDeviceGetMemoryInfo(handle).used // MIB,
+                                                                  rx))
+                    except nv.NVMLError:
+                        pass
+            if now >= next_memory:
+                next_memory = now + 0.1
+            self._stop.wait(self._period_s if self.method == "samples" else self.FALLBACK_PERIOD_S)
+
+    def used_mib(self, gpu: int = 0) -> int | None:
+        return self.nvml.nvmlDeviceGetMemoryInfo(self._handles[gpu]).used // MIB if self.ok else None
+
+    def busy_pct(self, gpu: int, start: float, end: float) -> float | None:
+        """Mean busy % of one GPU between two Unix times; None without samples there."""
+        inside = [busy for t, busy in self.busy.get(gpu, []) if start <= t <= end]
+        return round(statistics.mean(inside), 1) if inside else None
+
+    def timeline(self, gpu: int, start: float, end: float | None = None) -> list[tuple[float, int]]:
+        """(seconds after `start`, busy %) of one GPU."""
+        return [(round(t - start, 3), busy) for t, busy in self.busy.get(gpu, [])
+                if t >= start and (end is None or t <= end)]
+
+    def busy_record(self, start: float, end: float) -> dict[str, Any]:
+        """Every sampled GPU's busy timeline and mean busy % between two Unix times, and how it was sampled."""
+        return {"gpu_timeline": {gpu: self.timeline(gpu, start, end) for gpu in self.busy},
+                "busy_pct": {gpu: self.busy_pct(gpu, start, end) for gpu in self.busy},
+                "sampler": {"method": self.method, "error": self.error}}
+
+    def window(self, start: float, end: float, gpu: int = 0) -> dict[str, Any]:
+        """Busy, memory and PCIe receive rate of one GPU between two Unix times."""
+        memory = [m for m in self.memory.get(gpu, []) if start <= m[0] <= end]
+        busy = self.busy_pct(gpu, start, end)
+        if busy is None and not memory:
+            return {}
+        result: dict[str, Any] = {"busy_mean": busy, "mem_max_mib": max((m[1] for m in memory), default=None),
+                                  "samples": len([t for t, _ in self.busy.get(gpu, []) if start <= t <= end])}
+        rx = [m[2] for m in memory if m[2] is not None]
+        if rx:
+            result["pcie_rx_gb_per_s_mean"] = round(statistics.mean(rx) / 1e6, 2)
+        return result
+
     def summary(self) -> dict[int, dict[str, float]]:
-        by_gpu: dict[int, list[tuple[int, int]]] = {}
-        for index, util, used in self.samples:
-            by_gpu.setdefault(index, []).append((util, used))
-        return {index: {"util_pct": round(statistics.mean(u for u, _ in rows), 1),
-                        "mem_used_mib_max": max(m for _, m in rows), "samples": len(rows)}
-                for index, rows in by_gpu.items()}
+        """Per GPU over the whole sampling: mean busy %, most memory used, how many busy samples."""
+        return {index: {"util_pct": round(statistics.mean(b for _, b in rows), 1),
+                        "mem_used_mib_max": max((m[1] for m in self.memory.get(index, [])), default=0),
+                        "samples": len(rows)}
+                for index, rows in self.busy.items() if rows}
 
 
 PEAK_SCRIPT = """

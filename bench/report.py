@@ -2,13 +2,17 @@
 tables and the plots of docs/benchmarks/.
 
     python bench/report.py            # needs matplotlib (bench/requirements.txt) for the plots
+    python bench/report.py --stream RESULTS.json --out DIR   # only the stream run's section, P8/P5b and plot, in DIR
 
-Writes docs/benchmarks/summary.json, docs/benchmarks/tables.md and docs/benchmarks/*.png.
+Writes docs/benchmarks/summary.json, docs/benchmarks/tables.md, docs/benchmarks/stream.md (its generated section,
+once raw/h200_stream.json exists) and docs/benchmarks/*.png.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 from reports.common import (
     DOCS,
@@ -18,7 +22,9 @@ from reports.common import (
     H200,
     P2_COMPILED,
     P2_PROBE,
+    RAW,
     SCALING,
+    STREAM,
     WARM,
     WORKER,
     entry,
@@ -26,6 +32,7 @@ from reports.common import (
 )
 from reports.plots import plots
 from reports.scaling import scaling_entries, scaling_plot, scaling_table
+from reports.stream import stream_entries, stream_plot, stream_table, write_stream_page
 from reports.tables import tables
 
 
@@ -100,6 +107,13 @@ def main() -> None:
         ),
     }
     summary.update(scaling_entries(load(SCALING)["phases"]))
+    if (RAW / STREAM).exists():
+        stream = load(STREAM)
+        summary.update(stream_entries(stream, STREAM))
+        write_stream_page(DOCS / "stream.md", stream_table(stream))
+        stream_plot(stream, DOCS / "stream_gpu_busy.png")
+    else:
+        print(f"raw/{STREAM} absent: P8, P5b and stream.md not generated")
     for key, value in summary.items():
         value["goal"] = GOALS[key]
     (DOCS / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
@@ -109,5 +123,27 @@ def main() -> None:
     print(json.dumps({k: v["value"] for k, v in summary.items()}))
 
 
+def stream_only(results_path: Path, out: Path) -> None:
+    """The stream run's outputs from any results.json (a dry run's too) into `out`, never into docs/."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = json.loads(results_path.read_text())
+    entries = stream_entries(results, results_path.name)
+    for key, value in entries.items():
+        value["goal"] = GOALS[key]
+    (out / "summary.json").write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
+    write_stream_page(out / "stream.md", stream_table(results))
+    drawn = stream_plot(results, out / "stream_gpu_busy.png")
+    print(json.dumps({"P8": entries["P8"]["value"], "P5b": entries["P5b"]["value"], "plot": drawn, "out": str(out)}))
+
+
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stream", type=Path, help="a stream plan's results.json: report only it, into --out")
+    parser.add_argument("--out", type=Path, help="where --stream writes (not docs/benchmarks/)")
+    arguments = parser.parse_args()
+    if arguments.stream:
+        if not arguments.out or arguments.out.resolve() == DOCS:
+            parser.error("--stream needs --out, a folder other than docs/benchmarks/")
+        stream_only(arguments.stream, arguments.out)
+    else:
+        main()

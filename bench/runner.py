@@ -37,8 +37,10 @@ class Bench:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(args.work)
-        self.results: dict[str, Any] = {"plan": args.plan, "args": vars(args), "phases": {}, "errors": []}
+        self.results: dict[str, Any] = {"plan": args.plan, "args": vars(args), "phases": {}, "errors": [],
+                                        "date": time.strftime("%Y-%m-%d", time.gmtime())}
         self.seed = 1000
+        self.cpu_shape = {"resolution": 128, "steps": 2}  # a dry run's SD1.5 jobs
         self.port = 8300
         self.models_yaml = self.work / "bench_models.yaml"
         self.work.mkdir(parents=True, exist_ok=True)
@@ -80,7 +82,7 @@ class Bench:
     def workflow(self, kind: str) -> dict[str, Any]:
         self.seed += 1
         if self.args.cpu:  # a dry run: the SD1.5 models only, tiny shapes, so a CPU gets through
-            return WORKLOADS["sd15"](self.seed, resolution=128, steps=2)
+            return WORKLOADS["sd15"](self.seed, **self.cpu_shape)
         return WORKLOADS[kind](self.seed)
 
     def settings(self, **env: str) -> Settings:
@@ -201,34 +203,40 @@ class Bench:
             raise RuntimeError(worker.startup_error)
         return worker, time.monotonic() - started
 
-    def through_worker(self, worker: Worker, kind: str, count: int, pin: int | None = None) -> dict[str, Any]:
-        """`count` jobs handed to the worker at once, as RunPod hands them to a worker with that concurrency."""
+    def through_worker(self, worker: Worker, kind: str, count: int, pin: int | None = None,
+                       timeline: bool = False) -> dict[str, Any]:
+        """`count` jobs handed to the worker at once, as RunPod hands them to a worker with that concurrency. With
+        `timeline`, also each job's span and instance, and the GPU busy samples (stream_details)."""
 
-        async def run_all() -> list[tuple[float, dict[str, Any]]]:
+        async def run_all() -> list[tuple[float, float, dict[str, Any]]]:
             started = time.monotonic()
 
-            async def one() -> tuple[float, dict[str, Any]]:
+            async def one() -> tuple[float, float, dict[str, Any]]:
                 job_input: dict[str, Any] = {"workflow": self.workflow(kind)}
                 if pin is not None:
                     job_input["gpu"] = pin
+                submitted = time.monotonic() - started
                 result = await worker.handle({"id": f"bench-{uuid.uuid4().hex[:8]}", "input": job_input})
-                return time.monotonic() - started, result
+                return submitted, time.monotonic() - started, result
 
             return await asyncio.gather(*(one() for _ in range(count)))
 
         pids = {i.label: i.pid for i in worker.fleet.instances}
         cpu_before = {label: cpu_seconds(pid) for label, pid in pids.items()}
         with GpuSampler() as sampler:
+            wall_started = time.time()
             done = self.loop.run_until_complete(run_all())
-        wall = max(seconds for seconds, _ in done)
-        results = [result for _, result in done]
+        wall = max(seconds for _, seconds, _ in done)
+        results = [result for _, _, result in done]
         errors = [r["error"] for r in results if "error" in r]
         per_instance: dict[str, int] = {}
         for result in results:
             per_instance[result.get("instance", "failed")] = per_instance.get(result.get("instance", "failed"), 0) + 1
         its = [s["it_per_s"] for r in results for s in r.get("timings", {}).get("sampling", {}).values()
                if s.get("it_per_s")]
+        details = stream_details(done, sampler, wall_started, wall) if timeline else {}
         return {
+            **details,
             "jobs": count, "ok": count - len(errors), "errors": errors[:3], "wall_s": round(wall, 3),
             "images_per_min": round(count / wall * 60, 2), "per_instance": per_instance,
             "job_s_median": median([r["timings"]["total_ms"] / 1000 for r in results if "timings" in r]),
@@ -257,6 +265,34 @@ class Bench:
             through.append(time.monotonic() - started)
         return {"direct_s": direct, "worker_s": through, "direct_median_s": median(direct),
                 "worker_median_s": median(through), "ratio": round(median(through) / median(direct), 4)}
+
+
+def stream_details(done: list[tuple[float, float, dict[str, Any]]], sampler: GpuSampler, wall_started: float,
+                   wall: float) -> dict[str, Any]:
+    """For a timeline of a stream of jobs: each job's submission, start on its instance (after its queue wait) and
+    answer, in seconds from the first submission; the GPU busy samples over the stream (t, busy %) and busy % over
+    it; the worker's own GPU busy figures where its answers carry them."""
+    spans = []
+    for submitted, answered, result in sorted(done, key=lambda item: item[1]):
+        timings = result.get("timings", {})
+        images = result.get("images") or [{}]
+        spans.append({
+            "instance": result.get("instance", "failed"), "ok": "error" not in result,
+            "submitted_s": round(submitted, 3),
+            "started_s": round(submitted + timings.get("queue_wait_ms", 0) / 1000, 3), "done_s": round(answered, 3),
+            "png_bytes": len(images[0].get("data", "")) * 3 // 4 if images[0].get("type") == "base64" else None,
+            "gpu_busy_pct": timings.get("gpu_busy_pct"),
+        })
+    last_metrics = sorted(done, key=lambda item: item[1])[-1][2].get("metrics") or []
+    return {
+        "job_spans": spans,
+        **sampler.busy_record(wall_started, wall_started + wall),
+        "timings_ms_median": {key: median([r["timings"].get(key) for r in (d[2] for d in done) if "timings" in r])
+                              for key in ("queue_wait_ms", "delivery_ms", "total_ms", "gpu_busy_pct")},
+        "png_bytes_median": median([span["png_bytes"] for span in spans]),
+        "worker_gpu_busy_pct_60s": {m.get("instance"): m["gpu_busy_pct_60s"] for m in last_metrics
+                                    if isinstance(m, dict) and "gpu_busy_pct_60s" in m},
+    }
 
 
 def check_png_answer(result: dict[str, Any], side: int) -> str | None:

@@ -6,65 +6,26 @@ from __future__ import annotations
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probes import GpuSampler as _Sampler
 
 from comfy_worker.models.prefetch import read_into_page_cache
 
 
-class GpuSampler:
-    """NVML every 100 ms: busy %, memory used, PCIe receive rate (host → GPU, KB/s over NVML's 20 ms window)."""
+class GpuSampler(_Sampler):
+    """NVML on GPU 0 every 100 ms, from now until stop(): busy %, memory used, PCIe receive rate (bench/probes.py)."""
 
     def __init__(self) -> None:
-        self.samples: list[tuple[float, int, int, float]] = []
-        self.ok = False
-        self._stop = threading.Event()
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self.nvml = pynvml
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            self.total_mib = pynvml.nvmlDeviceGetMemoryInfo(self.handle).total >> 20
-            self.name = pynvml.nvmlDeviceGetName(self.handle)
-            self.ok = True
-            threading.Thread(target=self._loop, daemon=True).start()
-        except Exception as error:  # no GPU: a CPU dry run
-            self.error = repr(error)
-
-    def _loop(self) -> None:
-        nv, handle = self.nvml, self.handle
-        while not self._stop.is_set():
-            try:
-                busy = nv.nvmlDeviceGetUtilizationRates(handle).gpu
-                used = nv.nvmlDeviceGetMemoryInfo(handle).used >> 20
-                rx = nv.nvmlDeviceGetPcieThroughput(handle, nv.NVML_PCIE_UTIL_RX_BYTES)
-                self.samples.append((time.time(), busy, used, rx))
-            except Exception:
-                pass
-            time.sleep(0.1)
-
-    def used_mib(self) -> int | None:
-        return self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used >> 20 if self.ok else None
-
-    def window(self, start: float, end: float) -> dict[str, Any]:
-        inside = [s for s in self.samples if start <= s[0] <= end]
-        if not inside:
-            return {}
-        return {"busy_mean": round(statistics.mean(s[1] for s in inside), 1),
-                "mem_max_mib": max(s[2] for s in inside),
-                "pcie_rx_gb_per_s_mean": round(statistics.mean(s[3] for s in inside) / 1e6, 2),
-                "samples": len(inside)}
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().__init__(gpus=[0], period_s=0.1, pcie=True)
+        self.start()
 
 
 class Ballast:

@@ -1,0 +1,102 @@
+"""The stream benchmark's pure parts: the busy figures from NVML samples, P8/P5b from the phases, and the report
+(table, page section, timeline plot) from a results file with GPU samples, which a CPU dry run cannot produce."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from plans.stream import stream_summary  # noqa: E402
+from probes import GpuSampler  # noqa: E402
+from reports.stream import BEGIN, END, stream_entries, stream_plot, stream_table, write_stream_page  # noqa: E402
+
+
+def sampler_with(busy: dict[int, list[tuple[float, int]]]) -> GpuSampler:
+    sampler = GpuSampler(gpus=[])
+    sampler.busy = busy
+    return sampler
+
+
+def test_busy_figures_cover_only_the_window() -> None:
+    sampler = sampler_with({0: [(99.0, 0), (100.0, 50), (100.5, 100), (101.0, 90), (102.5, 0)]})
+    assert sampler.busy_pct(0, 100.0, 101.0) == 80.0
+    assert sampler.timeline(0, 100.0, 101.0) == [(0.0, 50), (0.5, 100), (1.0, 90)]
+    record = sampler.busy_record(100.0, 101.0)
+    assert record["busy_pct"] == {0: 80.0} and record["gpu_timeline"][0][-1] == (1.0, 90)
+    assert sampler.busy_pct(1, 100.0, 101.0) is None and sampler.busy_pct(0, 200.0, 300.0) is None
+
+
+def test_without_nvml_the_sampler_samples_nothing_and_says_why() -> None:
+    pytest.importorskip("pynvml")
+    sampler = GpuSampler()
+    if sampler.ok:
+        pytest.skip("this machine has an NVIDIA driver")
+    with sampler:
+        pass
+    assert sampler.busy == {} and sampler.summary() == {} and "NVML" in sampler.error
+    assert sampler.busy_record(0, 1e12) == {"gpu_timeline": {}, "busy_pct": {},
+                                            "sampler": {"method": "none", "error": sampler.error}}
+
+
+def phase(rate: float, busy: float | None, failed: int = 0, instances: int = 1) -> dict:
+    spans = [{"instance": f"gpu0{'ab'[i % instances] if instances > 1 else ''}", "ok": i != 0 or not failed,
+              "submitted_s": 0.0, "started_s": i * 1.0, "done_s": i * 1.0 + 1.4, "png_bytes": 1_500_000}
+             for i in range(6)]
+    return {"configuration": "x", "instances": sorted({s["instance"] for s in spans}), "images_per_min": rate,
+            "jobs": 6, "ok": 6 - failed, "failed": failed, "busy_pct_stream": busy, "job_spans": spans,
+            "gpu_timeline": {"0": [[t / 5, 60 + (t % 4) * 10] for t in range(40)]} if busy is not None else {},
+            "phases_ms_median": {"save_ms": 210.0, "vae_decode_ms": 100.0, "sampling_ms": 690.0},
+            "timings_ms_median": {"delivery_ms": 12.0}, "png_bytes_median": 1_500_000}
+
+
+def results_with(phases: dict) -> dict:
+    phases["stream_summary"] = stream_summary(phases, cpu=False)
+    return {"phases": phases, "errors": ["s_w1_png1: skipped, 40 s left"], "date": "2026-12-03",
+            "args": {"cpu": False, "stream_jobs": 6, "deadline": 330},
+            "machine": {"gpus": ["NVIDIA H200"], "cpus": 16, "memory_mib": 131072}}
+
+
+def test_p8_is_the_best_worker_phase_without_failures_over_vanilla() -> None:
+    phases = {"s_vanilla": phase(20.0, 70.0), "s_w1": phase(50.0, 75.0), "s_w2_png1": phase(90.0, 95.0, failed=1),
+              "s_w2": phase(80.0, 92.0, instances=2)}
+    summary = stream_summary(phases, cpu=False)
+    assert summary["best_phase"] == "s_w2" and summary["P8"] == 4.0 and summary["P5b"] == 92.0
+    assert summary["ratio_to_vanilla"]["s_w1"] == 2.5
+
+
+def test_without_vanilla_or_a_clean_phase_p8_is_none() -> None:
+    assert stream_summary({"s_w1": phase(50.0, 75.0)}, cpu=False)["P8"] is None
+    summary = stream_summary({"s_vanilla": phase(20.0, 70.0), "s_w1": phase(50.0, 75.0, failed=2)}, cpu=True)
+    assert summary["best_phase"] is None and summary["P8"] is None and summary["P5b"] is None and summary["note"]
+
+
+def test_the_report_of_a_gpu_run(tmp_path: Path) -> None:
+    results = json.loads(json.dumps(results_with({"s_vanilla": phase(20.0, 70.0), "s_w1": phase(50.0, 75.0),
+                                                  "s_w2": phase(80.0, 92.0, instances=2)})))  # as read from disk
+    entries = stream_entries(results, "h200_stream.json")
+    assert entries["P8"]["value"] == 4.0 and entries["P5b"]["value"] == 92.0
+    assert entries["P8"]["machine"].startswith("1× NVIDIA H200") and entries["P8"]["date"] == "2026-12-03"
+    assert "--plan stream --stream-jobs 6" in entries["P8"]["command"]
+    table = stream_table(results)
+    assert "| s_w2 | x | 2 | 80.0 | 4.0 | 92.0 | 6 / 0 | 210.0 | 100.0 | 690.0 | 12.0 | 1465 |" in table
+    assert "Not measured (skipped or failed): s_w1_png1." in table
+    plot = tmp_path / "stream_gpu_busy.png"
+    pytest.importorskip("matplotlib")
+    assert stream_plot(results, plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_page_keeps_hand_written_text_around_the_generated_section(tmp_path: Path) -> None:
+    page = tmp_path / "stream.md"
+    write_stream_page(page, "generated-one\n")
+    assert page.read_text().startswith("# A stream of jobs") and f"{BEGIN}\ngenerated-one\n{END}" in page.read_text()
+    page.write_text(page.read_text().replace("# A stream of jobs", "# Mine") + "\nFindings by hand.\n")
+    write_stream_page(page, "generated-two\n")
+    text = page.read_text()
+    assert text.startswith("# Mine") and "generated-two" in text and "generated-one" not in text
+    assert text.endswith("Findings by hand.\n")
