@@ -61,6 +61,7 @@ class GpuSampler:
     (a CPU dry run) it samples nothing: `ok` is False and `error` says why. Times are Unix seconds (time.time())."""
 
     FALLBACK_PERIOD_S = 0.05
+    SAMPLES_GRACE_S = 3.0
 
     def __init__(self, gpus: list[int] | None = None, period_s: float = 0.25, pcie: bool = False) -> None:
         self.busy: dict[int, list[tuple[float, int]]] = {}
@@ -103,37 +104,49 @@ class GpuSampler:
 
     def _loop(self) -> None:
         nv = self.nvml
-        started_us = int(time.time() * 1e6)
-        last_seen = dict.fromkeys(self._handles, started_us)
+        started = time.time()
+        last_seen = dict.fromkeys(self._handles, int(started * 1e6))
         self.method = "samples"
         next_memory = 0.0
         while not self._stop.is_set():
             now = time.time()
+            if self.method == "samples" and not self.busy and now - started > self.SAMPLES_GRACE_S:
+                self.method = "utilization_rates"  # no timestamped sample came: poll instead
             for index, handle in self._handles.items():
                 if self.method == "samples":
-                    try:
-                        _, samples = nv.nvmlDeviceGetSamples(handle, nv.NVML_GPU_UTILIZATION_SAMPLES, last_seen[index])
-                        for sample in samples:
-                            if sample.timeStamp > last_seen[index]:
-                                self.busy.setdefault(index, []).append((sample.timeStamp / 1e6,
-                                                                        int(sample.sampleValue.uiVal)))
-                                last_seen[index] = sample.timeStamp
-                    except nv.NVMLError as error:
-                        if error.value != nv.NVML_ERROR_NOT_FOUND:  # NOT_FOUND: no new sample yet
-                            self.method = "utilization_rates"
+                    self._read_samples(index, handle, last_seen, now)
                 if self.method == "utilization_rates":
                     with contextlib.suppress(nv.NVMLError):
                         self.busy.setdefault(index, []).append((now, nv.nvmlDeviceGetUtilizationRates(handle).gpu))
                 if now >= next_memory:
-                    try:
-                        rx = nv.nvmlDeviceGetPcieThroughput(handle, nv.NVML_PCIE_UTIL_RX_BYTES) if self._pcie else None
-                        self.memory.setdefault(index, []).append((now, nv.nvmlDeviceGetMemoryInfo(handle).used // MIB,
-                                                                  rx))
-                    except nv.NVMLError:
-                        pass
+                    self._read_memory(index, handle, now)
             if now >= next_memory:
                 next_memory = now + 0.1
             self._stop.wait(self._period_s if self.method == "samples" else self.FALLBACK_PERIOD_S)
+
+    def _read_samples(self, index: int, handle: Any, last_seen: dict[int, int], now: float) -> None:
+        """The driver's utilisation samples since the last one seen (each over its own short period)."""
+        nv = self.nvml
+        try:
+            _, samples = nv.nvmlDeviceGetSamples(handle, nv.NVML_GPU_UTILIZATION_SAMPLES, last_seen[index])
+        except nv.NVMLError as error:
+            if error.value != nv.NVML_ERROR_NOT_FOUND:  # NOT_FOUND: no new sample yet
+                self.method = "utilization_rates"
+            return
+        for sample in samples:
+            if abs(sample.timeStamp / 1e6 - now) > 30:  # not on time.time()'s clock: the timeline could not be placed
+                self.method = "utilization_rates"
+                self.busy.pop(index, None)
+                return
+            if sample.timeStamp > last_seen[index]:
+                self.busy.setdefault(index, []).append((sample.timeStamp / 1e6, int(sample.sampleValue.uiVal)))
+                last_seen[index] = sample.timeStamp
+
+    def _read_memory(self, index: int, handle: Any, now: float) -> None:
+        nv = self.nvml
+        with contextlib.suppress(nv.NVMLError):
+            rx = nv.nvmlDeviceGetPcieThroughput(handle, nv.NVML_PCIE_UTIL_RX_BYTES) if self._pcie else None
+            self.memory.setdefault(index, []).append((now, nv.nvmlDeviceGetMemoryInfo(handle).used // MIB, rx))
 
     def used_mib(self, gpu: int = 0) -> int | None:
         return self.nvml.nvmlDeviceGetMemoryInfo(self._handles[gpu]).used // MIB if self.ok else None

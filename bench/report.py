@@ -116,7 +116,9 @@ def main() -> None:
         print(f"raw/{STREAM} absent: P8, P5b and stream.md not generated")
     for key, value in summary.items():
         value["goal"] = GOALS[key]
-    (DOCS / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    kept = json.loads((DOCS / "summary.json").read_text()) if (DOCS / "summary.json").exists() else {}
+    kept.update(summary)  # the entries other reports own (bench/video/report.py: V1–V6) stay
+    (DOCS / "summary.json").write_text(json.dumps(kept, indent=1, ensure_ascii=False) + "\n")
     (DOCS / "tables.md").write_text(tables(flags, warm, worker, summary) + scaling_table(load(SCALING)["phases"]))
     plots(flags, warm, worker)
     scaling_plot(load(SCALING)["phases"])

@@ -100,6 +100,9 @@ class Bench:
         return load_settings(base)
 
     def next_port(self, count: int = 1) -> int:
+        """The first of `count` consecutive loopback ports that nothing listens on (another benchmark may run)."""
+        while not all(port_free(self.port + offset) for offset in range(count)):
+            self.port += count
         port = self.port
         self.port += count
         return port
@@ -293,6 +296,17 @@ def stream_details(done: list[tuple[float, float, dict[str, Any]]], sampler: Gpu
         "worker_gpu_busy_pct_60s": {m.get("instance"): m["gpu_busy_pct_60s"] for m in last_metrics
                                     if isinstance(m, dict) and "gpu_busy_pct_60s" in m},
     }
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def check_png_answer(result: dict[str, Any], side: int) -> str | None:

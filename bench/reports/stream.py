@@ -29,6 +29,12 @@ def command_of(results: dict[str, Any]) -> str:
             + (" --cpu" if args.get("cpu") else ""))
 
 
+def workload_of(results: dict[str, Any]) -> str:
+    if results.get("args", {}).get("cpu"):
+        return "SD1.5 64² 1 step on CPU instances (a dry run)"
+    return "SDXL 1024² 20 steps uncompiled"
+
+
 def stream_entries(results: dict[str, Any], source: str) -> dict[str, Any]:
     """P8 and P5b as summary.json entries: value, machine, date, source, command, what."""
     phases = results["phases"]
@@ -40,8 +46,8 @@ def stream_entries(results: dict[str, Any], source: str) -> dict[str, Any]:
     rates = ", ".join(f"{name} {rate}" for name, rate in summary["images_per_min"].items())
     return {
         "P8": {"value": summary["P8"], **common,
-               "what": f"images/min on one GPU through the worker (best: {best}) / vanilla ComfyUI defaults, SDXL "
-                       f"1024² 20 steps uncompiled, {jobs} jobs submitted at once: {rates}"},
+               "what": f"images/min on one GPU through the worker (best: {best}) / vanilla ComfyUI defaults, "
+                       f"{workload_of(results)}, {jobs} jobs submitted at once: {rates}"},
         "P5b": {"value": summary["P5b"], **common,
                 "what": f"GPU busy % (NVML) from the first submission to the last answer of {best}; every phase: "
                         + ", ".join(f"{name} {busy}" for name, busy in summary["busy_pct"].items())},
@@ -55,7 +61,8 @@ def stream_table(results: dict[str, Any], plot_name: str = "stream_gpu_busy.png"
     lines = [
         f"Measured on {machine_of(results)}, {results.get('date')}: `{command_of(results)}`.",
         "",
-        f"**P8** = {summary['P8']} (best: `{summary['best_phase']}`), **P5b** = {summary['P5b']} % GPU busy.",
+        f"{workload_of(results)}. **P8** = {dash(summary['P8'])} (best: `{summary['best_phase']}`), "
+        f"**P5b** = {dash(summary['P5b'])} % GPU busy.",
         "",
         "| phase | configuration | instances | images/min | × vanilla | GPU busy % | jobs ok / failed | "
         "save ms | VAE decode ms | sampling ms | delivery ms | PNG KiB |",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -42,6 +43,56 @@ def test_without_nvml_the_sampler_samples_nothing_and_says_why() -> None:
     assert sampler.busy == {} and sampler.summary() == {} and "NVML" in sampler.error
     assert sampler.busy_record(0, 1e12) == {"gpu_timeline": {}, "busy_pct": {},
                                             "sampler": {"method": "none", "error": sampler.error}}
+
+
+class DriverSamples:
+    """NVML's sampling calls as the driver answers them: timestamped samples newer than the one asked for, else
+    NVML_ERROR_NOT_FOUND; or, for a driver without the call, NOT_SUPPORTED."""
+
+    NVML_GPU_UTILIZATION_SAMPLES, NVML_ERROR_NOT_FOUND, NVML_ERROR_NOT_SUPPORTED = 1, 6, 3
+
+    class NVMLError(Exception):
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+    def __init__(self, samples: list[tuple[int, int]], supported: bool = True) -> None:
+        self.samples, self.supported = samples, supported
+
+    def nvmlDeviceGetSamples(self, handle, kind, last_seen):
+        if not self.supported:
+            raise self.NVMLError(self.NVML_ERROR_NOT_SUPPORTED)
+        newer = [SimpleNamespace(timeStamp=t, sampleValue=SimpleNamespace(uiVal=v)) for t, v in self.samples
+                 if t > last_seen]
+        if not newer:
+            raise self.NVMLError(self.NVML_ERROR_NOT_FOUND)
+        return 1, newer
+
+
+def driver_sampler(driver: DriverSamples) -> GpuSampler:
+    sampler = GpuSampler(gpus=[])
+    sampler.nvml, sampler.method = driver, "samples"
+    return sampler
+
+
+def test_driver_samples_are_read_once_each_on_the_unix_clock() -> None:
+    now = 1_800_000_000.0
+    driver = DriverSamples([(int((now - 5) * 1e6), 10), (int((now - 0.2) * 1e6), 80), (int((now - 0.1) * 1e6), 90)])
+    sampler = driver_sampler(driver)
+    last_seen = {0: int((now - 1) * 1e6)}
+    sampler._read_samples(0, None, last_seen, now)
+    sampler._read_samples(0, None, last_seen, now)  # nothing newer: NOT_FOUND, nothing added
+    assert [busy for _, busy in sampler.busy[0]] == [80, 90] and sampler.method == "samples"
+    assert last_seen[0] == int((now - 0.1) * 1e6)
+
+
+def test_samples_on_another_clock_or_no_sampling_call_fall_back_to_polling() -> None:
+    now = 1_800_000_000.0
+    sampler = driver_sampler(DriverSamples([(5_000_000, 50)]))  # microseconds since boot, not since 1970
+    sampler._read_samples(0, None, {0: 0}, now)
+    assert sampler.method == "utilization_rates" and sampler.busy == {}
+    sampler = driver_sampler(DriverSamples([], supported=False))
+    sampler._read_samples(0, None, {0: 0}, now)
+    assert sampler.method == "utilization_rates"
 
 
 def phase(rate: float, busy: float | None, failed: int = 0, instances: int = 1) -> dict:
