@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--soak-caches", default="classic",
                         help="scaling plan: a concurrent run on all GPUs for each of these COMFY_CACHE values")
     parser.add_argument("--stream-jobs", type=int, default=20,
-                        help="stream plan: jobs submitted at once in each phase (a --cpu dry run caps it at 4)")
+                        help="stream plan: jobs submitted at once in each phase (a --cpu dry run caps it at 2)")
     parser.add_argument("--keep-compile-cache", action="store_true", help="start from the compile cache on disk")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)

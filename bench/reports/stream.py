@@ -26,7 +26,7 @@ def machine_of(results: dict[str, Any]) -> str:
 def command_of(results: dict[str, Any]) -> str:
     args = results.get("args", {})
     return (f"bench/bench.py --plan stream --stream-jobs {args.get('stream_jobs')} --deadline {args.get('deadline')}"
-            + (" --cpu" if args.get("cpu") else ""))
+            + (f" --phases {args['phases']}" if args.get("phases") else "") + (" --cpu" if args.get("cpu") else ""))
 
 
 def workload_of(results: dict[str, Any]) -> str:
