@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Any
 
+from comfy_worker.fleet.gpu_busy import NvmlReader, busy_between
+
 MIB = 1 << 20
 
 
@@ -56,15 +58,15 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 class GpuSampler:
     """NVML sampling on a thread while a phase runs: busy % and memory used of every GPU (or the given ones), and
-    optionally the PCIe receive rate. Busy % comes from the driver's own timestamped utilisation samples
-    (nvmlDeviceGetSamples, read every `period_s`), else from nvmlDeviceGetUtilizationRates every 50 ms. Without NVML
-    (a CPU dry run) it samples nothing: `ok` is False and `error` says why. Times are Unix seconds (time.time())."""
+    optionally the PCIe receive rate. Busy % is read as the worker reads it (comfy_worker.fleet.gpu_busy: the
+    driver's own timestamped samples, else one nvmlDeviceGetUtilizationRates reading per call, here every 50 ms).
+    Without NVML (a CPU dry run) it samples nothing: `ok` is False and `error` says why. Times are Unix seconds
+    (time.time())."""
 
-    FALLBACK_PERIOD_S = 0.05
-    SAMPLES_GRACE_S = 3.0
+    POLL_PERIOD_S = 0.05
 
     def __init__(self, gpus: list[int] | None = None, period_s: float = 0.25, pcie: bool = False) -> None:
-        self.busy: dict[int, list[tuple[float, int]]] = {}
+        self.busy: dict[int, list[tuple[float, float]]] = {}
         self.memory: dict[int, list[tuple[float, int, float | None]]] = {}  # (t, used MiB, PCIe rx KB/s)
         self.ok, self.error, self.method = False, "", "none"
         self.name, self.total_mib = None, None
@@ -78,6 +80,7 @@ class GpuSampler:
             indices = gpus if gpus is not None else list(range(pynvml.nvmlDeviceGetCount()))
             self._handles = {index: pynvml.nvmlDeviceGetHandleByIndex(index) for index in indices}
             self.nvml = pynvml
+            self._reader = NvmlReader(pynvml, indices)
             first = next(iter(self._handles.values()))
             self.name = pynvml.nvmlDeviceGetName(first)
             self.total_mib = pynvml.nvmlDeviceGetMemoryInfo(first).total // MIB
@@ -104,57 +107,33 @@ class GpuSampler:
 
     def _loop(self) -> None:
         nv = self.nvml
-        started = time.time()
-        last_seen = dict.fromkeys(self._handles, int(started * 1e6))
-        self.method = "samples"
+        wall_minus_monotonic = time.time() - time.monotonic()  # the reader stamps samples with time.monotonic()
         next_memory = 0.0
         while not self._stop.is_set():
             now = time.time()
-            if self.method == "samples" and not self.busy and now - started > self.SAMPLES_GRACE_S:
-                self.method = "utilization_rates"  # no timestamped sample came: poll instead
             for index, handle in self._handles.items():
-                if self.method == "samples":
-                    self._read_samples(index, handle, last_seen, now)
-                if self.method == "utilization_rates":
-                    with contextlib.suppress(nv.NVMLError):
-                        self.busy.setdefault(index, []).append((now, nv.nvmlDeviceGetUtilizationRates(handle).gpu))
+                with contextlib.suppress(nv.NVMLError):
+                    self.busy.setdefault(index, []).extend(
+                        (t + wall_minus_monotonic, busy) for t, busy in self._reader(index))
                 if now >= next_memory:
-                    self._read_memory(index, handle, now)
+                    with contextlib.suppress(nv.NVMLError):
+                        rx = nv.nvmlDeviceGetPcieThroughput(handle, nv.NVML_PCIE_UTIL_RX_BYTES) if self._pcie else None
+                        self.memory.setdefault(index, []).append(
+                            (now, nv.nvmlDeviceGetMemoryInfo(handle).used // MIB, rx))
             if now >= next_memory:
                 next_memory = now + 0.1
-            self._stop.wait(self._period_s if self.method == "samples" else self.FALLBACK_PERIOD_S)
-
-    def _read_samples(self, index: int, handle: Any, last_seen: dict[int, int], now: float) -> None:
-        """The driver's utilisation samples since the last one seen (each over its own short period)."""
-        nv = self.nvml
-        try:
-            _, samples = nv.nvmlDeviceGetSamples(handle, nv.NVML_GPU_UTILIZATION_SAMPLES, last_seen[index])
-        except nv.NVMLError as error:
-            if error.value != nv.NVML_ERROR_NOT_FOUND:  # NOT_FOUND: no new sample yet
-                self.method = "utilization_rates"
-            return
-        for sample in samples:
-            if abs(sample.timeStamp / 1e6 - now) > 30:  # not on time.time()'s clock: the timeline could not be placed
-                self.method = "utilization_rates"
-                self.busy.pop(index, None)
-                return
-            if sample.timeStamp > last_seen[index]:
-                self.busy.setdefault(index, []).append((sample.timeStamp / 1e6, int(sample.sampleValue.uiVal)))
-                last_seen[index] = sample.timeStamp
-
-    def _read_memory(self, index: int, handle: Any, now: float) -> None:
-        nv = self.nvml
-        with contextlib.suppress(nv.NVMLError):
-            rx = nv.nvmlDeviceGetPcieThroughput(handle, nv.NVML_PCIE_UTIL_RX_BYTES) if self._pcie else None
-            self.memory.setdefault(index, []).append((now, nv.nvmlDeviceGetMemoryInfo(handle).used // MIB, rx))
+            polled = any(self._reader.polls(index) for index in self._handles)
+            self.method = "utilization_rates" if polled else "samples"
+            self._stop.wait(self.POLL_PERIOD_S if polled else self._period_s)
 
     def used_mib(self, gpu: int = 0) -> int | None:
         return self.nvml.nvmlDeviceGetMemoryInfo(self._handles[gpu]).used // MIB if self.ok else None
 
     def busy_pct(self, gpu: int, start: float, end: float) -> float | None:
-        """Mean busy % of one GPU between two Unix times; None without samples there."""
-        inside = [busy for t, busy in self.busy.get(gpu, []) if start <= t <= end]
-        return round(statistics.mean(inside), 1) if inside else None
+        """Busy % of one GPU between two Unix times, each sample weighted by the time it stands for, as the worker
+        weighs them; None without samples there."""
+        busy = busy_between(self.busy.get(gpu, []), start, end)
+        return None if busy is None else round(busy, 1)
 
     def timeline(self, gpu: int, start: float, end: float | None = None) -> list[tuple[float, int]]:
         """(seconds after `start`, busy %) of one GPU."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +17,9 @@ sys.path.insert(0, str(BENCH))
 from plans.stream import stream_summary  # noqa: E402
 from probes import GpuSampler  # noqa: E402
 from reports.stream import BEGIN, END, stream_entries, stream_plot, stream_table, write_stream_page  # noqa: E402
+from test_unit_gpu_busy import StandInNvml  # noqa: E402
+
+from comfy_worker.fleet.gpu_busy import NvmlReader  # noqa: E402
 
 
 def sampler_with(busy: dict[int, list[tuple[float, int]]]) -> GpuSampler:
@@ -26,11 +30,13 @@ def sampler_with(busy: dict[int, list[tuple[float, int]]]) -> GpuSampler:
 
 def test_busy_figures_cover_only_the_window() -> None:
     sampler = sampler_with({0: [(99.0, 0), (100.0, 50), (100.5, 100), (101.0, 90), (102.5, 0)]})
-    assert sampler.busy_pct(0, 100.0, 101.0) == 80.0
+    # each sample stands for the stretch before it: (100, 100.5] at 100 %, (100.5, 101] at 90 %
+    assert sampler.busy_pct(0, 100.0, 101.0) == 95.0
     assert sampler.timeline(0, 100.0, 101.0) == [(0.0, 50), (0.5, 100), (1.0, 90)]
     record = sampler.busy_record(100.0, 101.0)
-    assert record["busy_pct"] == {0: 80.0} and record["gpu_timeline"][0][-1] == (1.0, 90)
+    assert record["busy_pct"] == {0: 95.0} and record["gpu_timeline"][0][-1] == (1.0, 90)
     assert sampler.busy_pct(1, 100.0, 101.0) is None and sampler.busy_pct(0, 200.0, 300.0) is None
+    assert sampler.summary() == {0: {"util_pct": 48.0, "mem_used_mib_max": 0, "samples": 5}}
 
 
 def test_without_nvml_the_sampler_samples_nothing_and_says_why() -> None:
@@ -45,54 +51,34 @@ def test_without_nvml_the_sampler_samples_nothing_and_says_why() -> None:
                                             "sampler": {"method": "none", "error": sampler.error}}
 
 
-class DriverSamples:
-    """NVML's sampling calls as the driver answers them: timestamped samples newer than the one asked for, else
-    NVML_ERROR_NOT_FOUND; or, for a driver without the call, NOT_SUPPORTED."""
-
-    NVML_GPU_UTILIZATION_SAMPLES, NVML_ERROR_NOT_FOUND, NVML_ERROR_NOT_SUPPORTED = 1, 6, 3
-
-    class NVMLError(Exception):
-        def __init__(self, value: int) -> None:
-            self.value = value
-
-    def __init__(self, samples: list[tuple[int, int]], supported: bool = True) -> None:
-        self.samples, self.supported = samples, supported
-
-    def nvmlDeviceGetSamples(self, handle, kind, last_seen):
-        if not self.supported:
-            raise self.NVMLError(self.NVML_ERROR_NOT_SUPPORTED)
-        newer = [SimpleNamespace(timeStamp=t, sampleValue=SimpleNamespace(uiVal=v)) for t, v in self.samples
-                 if t > last_seen]
-        if not newer:
-            raise self.NVMLError(self.NVML_ERROR_NOT_FOUND)
-        return 1, newer
+class NvmlWithMemory(StandInNvml):
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(used=1024 * 2**20, total=2**37)
 
 
-def driver_sampler(driver: DriverSamples) -> GpuSampler:
+def running_sampler(nvml: NvmlWithMemory, seconds: float) -> GpuSampler:
     sampler = GpuSampler(gpus=[])
-    sampler.nvml, sampler.method = driver, "samples"
+    sampler.nvml, sampler._handles, sampler._reader, sampler.ok = nvml, {0: 0}, NvmlReader(nvml, [0]), True
+    with sampler:
+        time.sleep(seconds)
     return sampler
 
 
-def test_driver_samples_are_read_once_each_on_the_unix_clock() -> None:
-    now = 1_800_000_000.0
-    driver = DriverSamples([(int((now - 5) * 1e6), 10), (int((now - 0.2) * 1e6), 80), (int((now - 0.1) * 1e6), 90)])
-    sampler = driver_sampler(driver)
-    last_seen = {0: int((now - 1) * 1e6)}
-    sampler._read_samples(0, None, last_seen, now)
-    sampler._read_samples(0, None, last_seen, now)  # nothing newer: NOT_FOUND, nothing added
-    assert [busy for _, busy in sampler.busy[0]] == [80, 90] and sampler.method == "samples"
-    assert last_seen[0] == int((now - 0.1) * 1e6)
+def test_the_bench_sampler_puts_the_drivers_samples_on_the_unix_clock() -> None:
+    nvml = NvmlWithMemory(keeps_samples=True)
+    now_us = int(time.time() * 1e6)
+    nvml.kept = [(now_us - 5_000_000, 100), (now_us + 1000, 60), (now_us + 167_000, 80)]  # the first predates it
+    sampler = running_sampler(nvml, 0.4)
+    assert [busy for _, busy in sampler.busy[0]] == [60.0, 80.0] and sampler.method == "samples"
+    assert sampler.busy[0][0][0] == pytest.approx(now_us / 1e6 + 0.001, abs=0.05)
+    assert sampler.memory[0][0][1] == 1024
 
 
-def test_samples_on_another_clock_or_no_sampling_call_fall_back_to_polling() -> None:
-    now = 1_800_000_000.0
-    sampler = driver_sampler(DriverSamples([(5_000_000, 50)]))  # microseconds since boot, not since 1970
-    sampler._read_samples(0, None, {0: 0}, now)
-    assert sampler.method == "utilization_rates" and sampler.busy == {}
-    sampler = driver_sampler(DriverSamples([], supported=False))
-    sampler._read_samples(0, None, {0: 0}, now)
-    assert sampler.method == "utilization_rates"
+def test_a_gpu_without_samples_is_polled_at_20_hz() -> None:
+    sampler = running_sampler(NvmlWithMemory(keeps_samples=False), 0.5)
+    assert sampler.method == "utilization_rates" and {busy for _, busy in sampler.busy[0]} == {42.0}
+    assert len(sampler.busy[0]) >= 5
+    assert sampler.busy[0][0][0] == pytest.approx(time.time() - 0.5, abs=0.2)
 
 
 def phase(rate: float, busy: float | None, failed: int = 0, instances: int = 1) -> dict:

@@ -176,6 +176,7 @@ def test_nvml_samples_are_read_once_each_on_the_monotonic_clock():
     assert samples[0][0] == pytest.approx(time.monotonic(), abs=0.05)
     assert samples[1][0] - samples[0][0] == pytest.approx(0.166, abs=1e-6)
     assert reader(0) == []  # NOT_FOUND: nothing new
+    assert not reader.polls(0)
 
 
 def test_a_gpu_that_keeps_no_samples_is_polled():
@@ -183,7 +184,7 @@ def test_a_gpu_that_keeps_no_samples_is_polled():
     before = time.monotonic()
     [(at, pct)] = reader(2)
     assert pct == 42.0 and before <= at <= time.monotonic()
-    assert reader._polled == {2}
+    assert reader._polled == {2} and reader.polls(2)
 
 
 def test_the_sample_interval_is_a_performance_setting():

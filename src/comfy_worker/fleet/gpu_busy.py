@@ -249,5 +249,9 @@ class NvmlReader:
         return sorted((s.timeStamp / 1e6 - wall_minus_monotonic, float(getattr(s.sampleValue, field)))
                       for s in samples)
 
+    def polls(self, gpu: int) -> bool:
+        """Whether `gpu` is polled (no driver samples): each call is then one reading, so call it more often."""
+        return gpu in self._polled
+
     def close(self) -> None:
         self._nvml.nvmlShutdown()
