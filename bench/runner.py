@@ -286,15 +286,16 @@ def stream_details(done: list[tuple[float, float, dict[str, Any]]], sampler: Gpu
             "png_bytes": len(images[0].get("data", "")) * 3 // 4 if images[0].get("type") == "base64" else None,
             "gpu_busy_pct": timings.get("gpu_busy_pct"),
         })
-    last_metrics = sorted(done, key=lambda item: item[1])[-1][2].get("metrics") or []
+    answered = [result for _, _, result in sorted(done, key=lambda item: item[1]) if result.get("metrics")]
+    last_metrics = answered[-1]["metrics"] if answered else []
     return {
         "job_spans": spans,
         **sampler.busy_record(wall_started, wall_started + wall),
         "timings_ms_median": {key: median([r["timings"].get(key) for r in (d[2] for d in done) if "timings" in r])
                               for key in ("queue_wait_ms", "delivery_ms", "total_ms", "gpu_busy_pct")},
         "png_bytes_median": median([span["png_bytes"] for span in spans]),
-        "worker_gpu_busy_pct_60s": {m.get("instance"): m["gpu_busy_pct_60s"] for m in last_metrics
-                                    if isinstance(m, dict) and "gpu_busy_pct_60s" in m},
+        "worker_gpu_busy_pct": {m.get("instance"): {"60s": m["gpu_busy_pct_60s"], "total": m.get("gpu_busy_pct_total")}
+                                for m in last_metrics if isinstance(m, dict) and "gpu_busy_pct_60s" in m},
     }
 
 

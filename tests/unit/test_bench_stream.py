@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
@@ -17,6 +18,7 @@ sys.path.insert(0, str(BENCH))
 from plans.stream import stream_summary  # noqa: E402
 from probes import GpuSampler  # noqa: E402
 from reports.stream import BEGIN, END, stream_entries, stream_plot, stream_table, write_stream_page  # noqa: E402
+from runner import stream_details  # noqa: E402
 from test_unit_gpu_busy import StandInNvml  # noqa: E402
 
 from comfy_worker.fleet.gpu_busy import NvmlReader  # noqa: E402
@@ -79,6 +81,29 @@ def test_a_gpu_without_samples_is_polled_at_20_hz() -> None:
     assert sampler.method == "utilization_rates" and {busy for _, busy in sampler.busy[0]} == {42.0}
     assert len(sampler.busy[0]) >= 5
     assert sampler.busy[0][0][0] == pytest.approx(time.time() - 0.5, abs=0.2)
+
+
+def test_stream_details_place_each_job_on_its_instance() -> None:
+    png = base64.b64encode(b"\x89PNG" + bytes(2000)).decode()
+
+    def answer(instance: str, wait_ms: float, busy: float) -> dict:
+        return {"instance": instance, "images": [{"type": "base64", "data": png}],
+                "timings": {"queue_wait_ms": wait_ms, "delivery_ms": 3.0, "total_ms": 2000.0, "gpu_busy_pct": busy},
+                "metrics": [{"instance": "gpu0", "gpu_busy_pct_60s": 71.5, "gpu_busy_pct_total": 60.0},
+                            {"instance": "gpu0b", "gpu_busy_pct_60s": 70.0, "gpu_busy_pct_total": 59.0}]}
+
+    done = [(0.0, 2.5, answer("gpu0b", 0.0, 90.0)), (0.01, 1.2, answer("gpu0", 0.0, 80.0)),
+            (0.02, 3.0, answer("gpu0", 1200.0, 85.0)), (0.03, 3.1, {"error": "out of memory"})]
+    sampler = sampler_with({0: [(1000.0 + t / 10, 90) for t in range(40)]})
+    details = stream_details(done, sampler, 1000.0, 3.0)
+    spans = details["job_spans"]
+    assert [(s["instance"], s["ok"], s["done_s"]) for s in spans] == [
+        ("gpu0", True, 1.2), ("gpu0b", True, 2.5), ("gpu0", True, 3.0), ("failed", False, 3.1)]
+    assert spans[2]["started_s"] == 1.22 and spans[2]["png_bytes"] == 2004 and spans[2]["gpu_busy_pct"] == 85.0
+    assert details["busy_pct"] == {0: 90.0} and len(details["gpu_timeline"][0]) == 31
+    assert details["timings_ms_median"]["gpu_busy_pct"] == 85.0 and details["png_bytes_median"] == 2004
+    assert details["worker_gpu_busy_pct"] == {"gpu0": {"60s": 71.5, "total": 60.0},
+                                              "gpu0b": {"60s": 70.0, "total": 59.0}}
 
 
 def phase(rate: float, busy: float | None, failed: int = 0, instances: int = 1) -> dict:
