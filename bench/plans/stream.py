@@ -26,7 +26,9 @@ PHASES: tuple[tuple[str, dict[str, str] | None], ...] = (
     ("s_w2", {"INSTANCES_PER_GPU": "2"}),
     ("s_w1_png1", {"PNG_COMPRESS_LEVEL": "1"}),
 )
-# seconds a phase needs on the H200, uncompiled, 20 jobs: start, 2 warm jobs (model load), the stream, stop
+# seconds a phase needs on the H200 with 20 jobs (start, 2 warm jobs with the model load, the stream, stop),
+# estimated from earlier runs, not yet measured: a worker starts in 15 s and makes 40.8 uncompiled SDXL images/min,
+# vanilla about 20. A worker phase that took longer raises the estimate for the next ones.
 NEEDS_S = {"vanilla": 85.0, "worker": 55.0}
 
 
