@@ -19,9 +19,10 @@ FLEET = (
              "How many GPUs get an instance; 0 runs CPU instances even where GPUs exist.", "fleet"),
     Variable("COMFY_MULTI_GPU_SCHED", "1", "0 runs a single instance on GPU 0 (the rollback switch).", "fleet"),
     Variable("COMFY_CPU_INSTANCES", "1", "How many CPU instances run on a machine without a GPU.", "fleet"),
-    Variable("INSTANCES_PER_GPU", "1",
-             "ComfyUI instances on each GPU: 1, 2 (one samples while the other saves its outputs), or auto (2 where "
-             "the warm-up workflow's models fit twice in the card's memory with room for activations, else 1). Each "
+    Variable("INSTANCES_PER_GPU", "auto",
+             "ComfyUI instances on each GPU: 1, 2 (one samples while the other saves its outputs: SDXL 1.57x the "
+             "images/min of one instance on an H200, docs/benchmarks/stream.md), or auto (2 where the warm-up "
+             "workflow's models fit twice in the card's memory with room for activations, else 1). Each "
              "instance gets its own port, folders, CPU cores and half the card for its VRAM mode; CPU-only machines "
              "ignore it (COMFY_CPU_INSTANCES decides).", "fleet"),
     Variable("COMFY_HOST", "127.0.0.1", "Address the instances listen on (loopback only).", "fleet"),
@@ -40,7 +41,7 @@ FLEET = (
     Variable("COMFY_RESTART_DEAD", "1", "Restart an instance whose process exits while the worker runs.", "fleet"),
 )
 
-INSTANCES_PER_GPU = ("1", "2", "auto")
+INSTANCES_PER_GPU = ("auto", "1", "2")
 CACHE_FLAGS = {"classic": ("--cache-classic",), "ram": (), "none": ("--cache-none",)}
 
 

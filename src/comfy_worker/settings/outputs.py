@@ -22,9 +22,10 @@ OUTPUTS = (
     Variable("BUCKET_PREFIX", "", "Key prefix: objects are stored as {prefix}/{job_id}/{filename}.", "outputs"),
     Variable("BUCKET_REGION", "", "S3 region (empty: the SDK's default).", "outputs"),
     Variable("BUCKET_URL_EXPIRY_S", "604800", "Lifetime of the presigned URLs returned (7 days).", "outputs"),
-    Variable("PNG_COMPRESS_LEVEL", "4",
+    Variable("PNG_COMPRESS_LEVEL", "1",
              "zlib level (0-9) of the PNGs that SaveImage (and nodes that inherit its level) writes in every "
-             "instance; 4 is ComfyUI's own. Lower saves faster and writes larger files; PreviewImage keeps its 1 and "
+             "instance; 4 is ComfyUI's own. 1: SDXL 1.23x the images/min of level 4 with one instance per GPU, "
+             "2.6 % larger files (docs/benchmarks/stream.md). PreviewImage keeps its 1 and "
              "nodes with their own compress_level input keep the user's value.", "outputs"),
     Variable("STREAM_RESULTS", "0",
              "1: the handler is a generator that yields progress, latent previews (when a job asks for `previews`) "
@@ -73,7 +74,7 @@ class OutputSettings:
 
 
 def _png_compress_level(env: EnvReader) -> int:
-    level = env.integer("PNG_COMPRESS_LEVEL", 4)
+    level = env.integer("PNG_COMPRESS_LEVEL", 1)
     if level > 9:
         raise SettingsError(f"PNG_COMPRESS_LEVEL={level} is not a zlib level: use 0 (none) to 9 (smallest)")
     return level
