@@ -6,6 +6,8 @@ tables and the plots of docs/benchmarks/.
 
 Writes docs/benchmarks/summary.json, docs/benchmarks/tables.md, docs/benchmarks/stream.md (its generated section,
 once raw/h200_stream.json exists) and docs/benchmarks/*.png.
+The cold-start plan's results have their own writer: `python bench/reports/coldstart.py RESULTS.json` (coldstart.md,
+P7 and P7c).
 """
 
 from __future__ import annotations

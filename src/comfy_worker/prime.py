@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from comfy_worker.errors import WorkerError
+from comfy_worker.fleet.gpus import detect_gpus
 from comfy_worker.fleet.tuning import node_request
 from comfy_worker.logs import configure
 from comfy_worker.settings import Settings, SettingsError, load_settings
@@ -34,6 +35,9 @@ def prime(settings: Settings, worker_factory=Worker) -> dict[str, Any]:
     if settings.torch_compile == "off":
         raise PrimeError("TORCH_COMPILE=off: nothing to compile; unset it (auto compiles with inductor when "
                          "WARMUP_WORKFLOW is set) or set TORCH_COMPILE=inductor")
+    if settings.num_gpus == 0 or not detect_gpus():
+        raise PrimeError("no GPU instance to compile on: compile runs on GPU instances only (no NVIDIA GPU found, "
+                         "or COMFY_NUM_GPUS=0)")
     settings = dataclasses.replace(settings, compile_in_background=False)
     started = time.monotonic()
     worker = worker_factory(settings)

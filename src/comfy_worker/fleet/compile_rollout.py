@@ -58,6 +58,7 @@ class CompileRollout:
         self.state: dict[str, Any] = {"state": "not needed"}
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self._primer: ComfyInstance | None = None
 
     def pending(self) -> list[ComfyInstance]:
         return [i for i in self.fleet.instances if i.compile.requested and not i.compile.on and i.healthy]
@@ -76,7 +77,12 @@ class CompileRollout:
         return self._thread is None or not self._thread.is_alive()
 
     def stop(self) -> None:
+        """Ends the rollout with the worker: a primer still compiling is stopped (it would outlive the worker's
+        instances otherwise)."""
         self._closing.set()
+        primer = self._primer
+        if primer is not None:
+            primer.stop()
 
     def run(self) -> None:
         try:
@@ -111,8 +117,10 @@ class CompileRollout:
         self.state = {"state": "priming", "fits": why}
         tuning = LaunchTuning(first.tuning.flags, first.tuning.env, None, first.tuning.vram)
         spec = PrimerSpec(len(self.fleet.instances), first.spec.gpu, free_port(self.settings.host))
-        primer = ComfyInstance(spec, self.settings, self.fleet.model_paths, tuning)
+        primer = self._primer = ComfyInstance(spec, self.settings, self.fleet.model_paths, tuning)
         try:
+            if self._closing.is_set():
+                return None
             primer.launch()
             primer.wait_ready(self.settings.start_timeout_s)
             request = node_request(self.settings, on_gpu=True)
@@ -128,6 +136,7 @@ class CompileRollout:
             return None
         finally:
             primer.stop()
+            self._primer = None
         if not saved.get("saved"):
             self.state.update(state="uncompiled", reason=f"no artefact saved: {saved.get('error')}")
             return None
