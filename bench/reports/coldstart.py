@@ -18,6 +18,7 @@ from typing import Any
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 GOALS = {"P7": "≤ 20 s", "P7c": "≤ 30 s"}
+RAW_NAME = "h200_coldstart.json"
 COUNTERS = ("fxgraph_cache_hit", "fxgraph_cache_miss", "fxgraph_cache_bypass", "autograd_cache_hit",
             "autograd_cache_miss", "autograd_cache_bypass", "unique_graphs")
 PHASES = (("prime", "prime: every cache wiped, compile and save the artefact"),
@@ -133,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
     parser.add_argument("--docs", type=Path, default=DOCS)
-    parser.add_argument("--name", default="h200_coldstart.json", help="the file name under DOCS/raw")
+    parser.add_argument("--name", default=RAW_NAME, help="the file name under DOCS/raw")
     parser.add_argument("--accept-dry-run", action="store_true",
                         help="write P7/P7c from a CPU dry run too (only outside docs/benchmarks)")
     args = parser.parse_args()
