@@ -187,3 +187,57 @@ def test_megacache_round_trip_after_a_real_inductor_compile_on_cpu(compile_cache
     assert loaded["loaded"] and loaded["bytes"] == saved["bytes"] and loaded["entries"] == saved["entries"]
     environment = compile_cache.environment("0.29.0")
     assert environment["torch"] == torch.__version__ and environment["gpu_name"] is None
+
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def run_record(ready_s: float, its: list[float], compiled: bool, start_s: float = 20.0) -> dict:
+    jobs = [{"its": rate, "exec_s": round(20 / rate, 3), "answered_after_start_s": start_s + 2 * n,
+             "compiled": compiled} for n, rate in enumerate(its)]
+    return {"ready_s": ready_s, "startup": {"instances_ready": 15.0, "warmup": ready_s - 15}, "jobs": jobs}
+
+
+def test_p7c_is_the_answer_of_the_first_job_at_compiled_speed_and_only_for_compiled_jobs(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from plans.coldstart import speeds
+
+    compiled = run_record(22.0, [12.0, 25.0, 26.0, 25.5], compiled=True)["jobs"]
+    result = speeds(compiled, None)
+    assert result["steady_its"] == 25.5 and result["p7c_s"] == 22.0  # the 2nd job: the 1st ran at 12 it/s
+    uncompiled = run_record(18.0, [14.0, 14.5, 14.2, 14.1], compiled=False)["jobs"]
+    result = speeds(uncompiled, None)
+    assert "p7c_s" not in result and result["steady_exec_s"] == uncompiled[2]["exec_s"]  # the median of three
+    assert result["first_minus_steady_exec_s"] == round(uncompiled[0]["exec_s"] - uncompiled[2]["exec_s"], 3)
+
+
+def report_writer():
+    spec = importlib.util.spec_from_file_location("coldstart_report_under_test", BENCH / "reports" / "coldstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_coldstart_report_takes_p_numbers_from_a_gpu_run_only(tmp_path):
+    writer = report_writer()
+    fresh = {**run_record(21.5, [20.0, 25.0, 25.2, 25.1], True), "p7c_s": 23.5, "steady_its": 25.1}
+    phases = {"fresh_with_artifact": fresh, "no_artifact": {**run_record(17.0, [14.0, 14.2], False),
+                                                            "compiled_after_s": 210.0}}
+    gpu_run = {"machine": {"gpus": ["NVIDIA H200"], "cpus": 16, "torch": "2.11.0"}, "args": {"cpu": False},
+               "date": "2026-12-03", "command": "bench/bench.py --plan coldstart", "phases": phases}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(gpu_run))
+    entries = writer.write(results, tmp_path / "docs", "h200_coldstart.json", accept_dry_run=False)
+    assert entries["P7"]["value"] == 21.5 and entries["P7c"]["value"] == 23.5
+    assert entries["P7c"]["machine"].startswith("1× NVIDIA H200") and entries["P7c"]["command"]
+    summary = json.loads((tmp_path / "docs" / "summary.json").read_text())
+    assert summary["P7c"]["goal"] == "≤ 30 s" and (tmp_path / "docs" / "raw" / "h200_coldstart.json").exists()
+    assert "| every cache wiped except the artefact | 21.5 |" in (tmp_path / "docs" / "coldstart.md").read_text()
+
+    dry = {**gpu_run, "machine": {"gpus": [], "cpus": 2}, "args": {"cpu": True}}
+    results.write_text(json.dumps(dry))
+    assert writer.write(results, tmp_path / "dry", "dry.json", accept_dry_run=False) == {}
+    assert not (tmp_path / "dry" / "summary.json").exists()
+    assert "CPU dry run" in (tmp_path / "dry" / "coldstart.md").read_text()
+    with pytest.raises(SystemExit, match="not written into docs/benchmarks"):
+        writer.write(results, writer.DOCS, "dry.json", accept_dry_run=True)
