@@ -62,10 +62,11 @@ def artifact_dir(bench: Bench) -> Path:
 
 
 def cache_dirs(bench: Bench) -> list[Path]:
-    """Every folder a compile leaves something in (the worker points inductor and triton at the first)."""
+    """Every folder a compile leaves something in (the worker points inductor and triton at the first). A CPU dry
+    run compiles nothing and runs on shared machines: it leaves the user-wide folders alone."""
     home = Path.home()
-    return [bench.work / "compile-cache", *Path("/tmp").glob(f"torchinductor_{getpass.getuser()}"),
-            home / ".triton", home / ".cache" / "triton"]
+    user_wide = [*Path("/tmp").glob(f"torchinductor_{getpass.getuser()}"), home / ".triton", home / ".cache" / "triton"]
+    return [bench.work / "compile-cache", *([] if bench.args.cpu else user_wide)]
 
 
 def wipe(bench: Bench, keep_artifacts: bool) -> list[str]:
