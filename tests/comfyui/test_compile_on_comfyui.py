@@ -102,3 +102,20 @@ def test_the_prime_command_prints_its_error_as_json_and_exits_1(comfyui_dir, tmp
     done = subprocess.run([sys.executable, "-m", "comfy_worker.prime"], capture_output=True, text=True, timeout=60,
                           env={**env, "PYTHONPATH": ":".join(sys.path)})
     assert done.returncode == 1 and "WARMUP_WORKFLOW is not set" in json.loads(done.stdout.splitlines()[-1])["error"]
+
+
+def test_an_instance_without_its_artefact_starts_uncompiled_only_where_a_background_compile_follows(worker):
+    """Fleet._compile_now with the real node answering (a CPU instance reports no GPU, so no artefact is found)."""
+    fleet, instance = worker.fleet, worker.fleet.instances[0]
+    options = {"backend": "inductor", "mode": None}
+    saved = fleet.settings
+    try:
+        fleet.settings = dataclasses.replace(saved, warmup_workflow="{}", compile_in_background=True)
+        assert fleet._compile_now(instance, options) is False  # serves uncompiled; the primer compiles
+        assert instance.compile.artifact is None and not instance.compile.load
+        fleet.settings = dataclasses.replace(saved, warmup_workflow="{}", compile_in_background=False)
+        assert fleet._compile_now(instance, options) is True  # compiles in the warm-up, as before
+        fleet.settings = dataclasses.replace(saved, warmup_workflow="", compile_in_background=True)
+        assert fleet._compile_now(instance, options) is True  # no warm-up: nothing could compile in the background
+    finally:
+        fleet.settings = saved
