@@ -22,7 +22,7 @@ RAW_NAME = "h200_coldstart.json"
 COUNTERS = ("fxgraph_cache_hit", "fxgraph_cache_miss", "fxgraph_cache_bypass", "autograd_cache_hit",
             "autograd_cache_miss", "autograd_cache_bypass", "unique_graphs")
 PHASES = (("prime", "prime: every cache wiped, compile and save the artefact"),
-          ("carried_inductor_cache", "no artefact, inductor/triton caches of the prime phase carried"),
+          ("carried_inductor_cache", "no artefact, the inductor/triton caches of the run before carried"),
           ("fresh_with_artifact", "every cache wiped except the artefact"),
           ("no_artifact", "everything wiped, COMPILE_IN_BACKGROUND=1"))
 
@@ -60,7 +60,7 @@ def table(results: dict[str, Any], raw_name: str) -> str:
         status = instance_compile(row)
         lines.append(f"| {label} | {row.get('ready_s')} | {row.get('first_answered_after_start_s')} | "
                      f"{row.get('first_its')} | {row.get('steady_its')} | {row.get('first_minus_steady_exec_s')} | "
-                     f"{row.get('p7c_s', '—')} | {status.get('artifact_load_s', '—')} | "
+                     f"{row.get('p7c_s', '—')} | {status.get('artifact_load_s') or '—'} | "
                      f"{row.get('startup', {}).get('warmup')} |")
     prime = phases.get("prime", {})
     lines += ["", "## The artefact", ""]
