@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from comfy_worker.errors import InstanceUnavailable, WorkerNotReady
-from comfy_worker.fleet.gpu_busy import GpuBusySampler, start_gpu_busy
 from comfy_worker.fleet.compiling import ArtifactStore
+from comfy_worker.fleet.gpu_busy import GpuBusySampler, start_gpu_busy
 from comfy_worker.fleet.gpus import Gpu, detect_gpus
 from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec
 from comfy_worker.fleet.tuning import WORKER_NODES_DIR, LaunchTuning, node_request, plan_launch_tuning
