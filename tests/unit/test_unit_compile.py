@@ -15,6 +15,7 @@ import pytest
 
 from comfy_worker.fleet.compile_artifact import artifact_key, artifact_path, gpu_slug, write_sidecar
 from comfy_worker.fleet.compiling import primer_fits
+from comfy_worker.fleet.instance import InstanceSpec
 from comfy_worker.fleet.scheduler import Scheduler
 from comfy_worker.jobs.warmup import reseeded
 from comfy_worker.models.files import ModelFile
@@ -88,7 +89,8 @@ def test_the_compile_settings_default_to_a_shared_artefact_folder_and_the_backgr
 
 
 def test_a_reserved_instance_takes_no_new_job_until_released_and_waits_for_the_running_one():
-    first, second = SimpleNamespace(label="cpu0", healthy=True), SimpleNamespace(label="cpu1", healthy=True)
+    first = SimpleNamespace(label="cpu0", healthy=True, spec=InstanceSpec(0, None, 8188))
+    second = SimpleNamespace(label="cpu1", healthy=True, spec=InstanceSpec(1, None, 8189))
     scheduler = Scheduler([first, second])
     events: list[str] = []
     loop = asyncio.new_event_loop()
@@ -127,7 +129,7 @@ def test_a_reserved_instance_takes_no_new_job_until_released_and_waits_for_the_r
 
 
 def test_a_job_that_gets_a_reserved_instance_waits_for_the_release():
-    scheduler = Scheduler([SimpleNamespace(label="cpu0", healthy=True)])
+    scheduler = Scheduler([SimpleNamespace(label="cpu0", healthy=True, spec=InstanceSpec(0, None, 8188))])
     loop = asyncio.new_event_loop()
     released = threading.Event()
 
