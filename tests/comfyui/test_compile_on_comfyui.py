@@ -15,6 +15,7 @@ from conftest import make_job, worker_env
 from workflows import invert
 
 from comfy_worker.fleet.compile_rollout import CompileRollout
+from comfy_worker.jobs.job_input import parse_job_input
 from comfy_worker.prime import PrimeError, prime
 from comfy_worker.settings import load_settings
 
@@ -119,3 +120,28 @@ def test_an_instance_without_its_artefact_starts_uncompiled_only_where_a_backgro
         assert fleet._compile_now(instance, options) is True  # no warm-up: nothing could compile in the background
     finally:
         fleet.settings = saved
+
+
+def test_the_primer_runs_the_warmup_in_a_process_of_its_own_and_ends(worker):
+    """The primer's whole path on a CPU instance: launched beside the instances, switched to compile, warmed up,
+    asked to save (a CPU process has no GPU, so no artefact), stopped; the instances are untouched."""
+    settings = dataclasses.replace(worker.settings, torch_compile="inductor")
+    ran = []
+
+    def warm_up(instance, new_seeds):
+        ran.append((instance.label, new_seeds))
+        return worker._warm_up_one(instance, parse_job_input({"workflow": invert(prefix="primer")}))
+
+    rollout = CompileRollout(settings, worker.fleet, worker.scheduler, warm_up, 0.0)
+    assert rollout.prime(worker.fleet.instances[0]) is None
+    assert "does not fit" in rollout.state["reason"] and "not known" in rollout.state["reason"] and not ran
+
+    assert rollout.run_primer(worker.fleet.instances[0]) is None
+    assert ran == [("primer", False)]
+    assert rollout.state["warm_up"].startswith("primer ") and "failed" not in rollout.state["warm_up"]
+    assert rollout.state["report"]["compile"] == {"backend": "inductor", "mode": "reduce-overhead"}
+    assert rollout.state["state"] == "uncompiled" and "has no GPU" in rollout.state["reason"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(rollout.state["primer_pid"], 0)  # stopped and reaped
+    assert all(i.healthy for i in worker.fleet.instances)
+    assert not any((worker.settings.work_dir / "primer" / "output").rglob("*.png"))  # removed like a job's outputs

@@ -113,8 +113,13 @@ class CompileRollout:
                         first.label, why)
             self.state = {"state": "uncompiled", "reason": f"the primer does not fit: {why}"}
             return None
-        started = time.monotonic()
         self.state = {"state": "priming", "fits": why}
+        return self.run_primer(first)
+
+    def run_primer(self, first: ComfyInstance) -> str | None:
+        """The primer itself, launched like `first`: the artefact's path, or None."""
+        started = time.monotonic()
+        self.state["state"] = "priming"
         tuning = LaunchTuning(first.tuning.flags, first.tuning.env, None, first.tuning.vram)
         spec = PrimerSpec(len(self.fleet.instances), first.spec.gpu, free_port(self.settings.host))
         primer = self._primer = ComfyInstance(spec, self.settings, self.fleet.model_paths, tuning)
@@ -122,6 +127,7 @@ class CompileRollout:
             if self._closing.is_set():
                 return None
             primer.launch()
+            self.state["primer_pid"] = primer.pid
             primer.wait_ready(self.settings.start_timeout_s)
             request = node_request(self.settings, on_gpu=True)
             primer.switches = primer.client.apply_tuning(request)
