@@ -67,4 +67,10 @@ RUN --mount=type=secret,id=hf_token,required=false \
         comfy --skip-prompt --workspace "$COMFYUI_DIR" model download --url "$url" --relative-path "models/$folder"; \
     done
 
+# The compile artefact (docs/deployment.md, "The compile artefact"): docker's build steps have no GPU, so it is made
+# on a GPU machine from the built image and committed into a derived one, e.g.
+#   docker run --gpus all -e WARMUP_WORKFLOW=/app/warmup.json -e COMPILE_ARTIFACT_DIR=/app/compile-artifacts \
+#     --name primed IMAGE python -m comfy_worker.prime && docker commit primed IMAGE-primed
+# (workers of that image then start with COMPILE_ARTIFACT_DIR=/app/compile-artifacts), or once on a first worker
+# with the network volume mounted (the default COMPILE_ARTIFACT_DIR lies on the volume).
 CMD ["/app/start.sh"]

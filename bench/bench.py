@@ -9,6 +9,7 @@
 (src/comfy_worker/instance.py) and jobs posted straight to it: vanilla defaults, the best uncompiled
 configuration known before, ours, each switch of the tuning node toggled on the same instance, the allocator,
 torch.compile with a cold and a warm cache (P4, P5, P6).
+`coldstart` measures start → ready and start → compiled speed with and without a compile artefact (P7, P7c).
 `worker` drives the worker itself (comfy_worker.worker.Worker.handle, the handler's only call) with jobs
 submitted concurrently as RunPod does: 1 vs 2 GPUs (P1), through the worker vs straight to ComfyUI (P2), host
 RAM per extra instance (P3), CPU pinning on and off, VRAM modes, warm-up and cold start (P6, P7).
@@ -30,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from plans.coldstart import plan_coldstart
 from plans.flags import plan_flags
 from plans.models import plan_models
 from plans.p2probe import plan_p2probe
@@ -44,7 +46,7 @@ log = logging.getLogger("bench")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", required=True,
-                        choices=("flags", "worker", "smoke", "p2probe", "scaling", "models", "stream"))
+                        choices=("flags", "worker", "smoke", "p2probe", "scaling", "models", "stream", "coldstart"))
     parser.add_argument("--comfy", required=True, help="the ComfyUI folder")
     parser.add_argument("--models", required=True, help="MODELS_DIR of bench/make_models.py")
     parser.add_argument("--out", required=True)
@@ -83,6 +85,8 @@ def main() -> None:
             plan_models(bench)
         if args.plan == "stream":
             plan_stream(bench)
+        if args.plan == "coldstart":
+            plan_coldstart(bench)
     finally:
         bench.results["total_s"] = round(time.monotonic() - bench.started, 1)
         (bench.out / "results.json").write_text(json.dumps(bench.results, indent=1, default=str))

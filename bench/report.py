@@ -6,6 +6,8 @@ tables and the plots of docs/benchmarks/.
 
 Writes docs/benchmarks/summary.json, docs/benchmarks/tables.md, docs/benchmarks/stream.md (its generated section,
 once raw/h200_stream.json exists) and docs/benchmarks/*.png.
+The cold-start plan's results have their own writer: `python bench/reports/coldstart.py RESULTS.json` (coldstart.md,
+P7 and P7c).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from reports.coldstart import RAW_NAME as COLDSTART
+from reports.coldstart import summary_entries as coldstart_entries
 from reports.common import (
     DOCS,
     FLAGS,
@@ -114,6 +118,8 @@ def main() -> None:
         stream_plot(stream, DOCS / "stream_gpu_busy.png")
     else:
         print(f"raw/{STREAM} absent: P8, P5b and stream.md not generated")
+    if (RAW / COLDSTART).exists():  # P7 and P7c from the cold-start run (bench/reports/coldstart.py)
+        summary.update(coldstart_entries(load(COLDSTART), COLDSTART))
     for key, value in summary.items():
         value["goal"] = GOALS[key]
     kept = json.loads((DOCS / "summary.json").read_text()) if (DOCS / "summary.json").exists() else {}

@@ -3,10 +3,11 @@
 #   bash bench/run_on_device.sh PLAN DEADLINE_S [extra bench.py arguments]
 # PLAN: flags (1 GPU), worker (2 GPUs), p2probe, models, scaling (all GPUs), stream (1 GPU: a stream of concurrent
 # SDXL jobs, vanilla vs the worker with 1/2 instances per GPU and PNG level 1, GPU busy timeline; about 330 s).
+# coldstart (1 GPU: start → ready and → compiled speed with and without a compile artefact, P7/P7c; about 450 s).
 # It needs, in .device/ (built by bench/prepare_device.sh on a machine with PyPI): comfyui.tar.xz (ComfyUI v0.29.0)
 # and site312.tar.xz (ComfyUI's dependencies missing there, installed for CPython 3.12). Results go to $OUT.
 set -uo pipefail
-plan=${1:?plan: flags, worker, p2probe, models, scaling or stream}
+plan=${1:?plan: flags, worker, p2probe, models, scaling, stream or coldstart}
 deadline=${2:-500}
 shift 2 || true
 started=$(date +%s)

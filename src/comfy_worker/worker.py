@@ -16,6 +16,7 @@ from typing import Any
 from comfy_worker.comfy.follower import JobCancelled
 from comfy_worker.deadline import Deadline
 from comfy_worker.errors import WorkerError, WorkerNotReady
+from comfy_worker.fleet.compile_rollout import CompileRollout
 from comfy_worker.fleet.fleet import Fleet
 from comfy_worker.fleet.gpus import Gpu
 from comfy_worker.fleet.instance import ComfyInstance
@@ -26,7 +27,7 @@ from comfy_worker.jobs.job_input import JobRequest, parse_job_input, wants_refre
 from comfy_worker.jobs.progress import ProgressReporter, Sender, final_status, runpod_sender
 from comfy_worker.jobs.runner import JobRunner
 from comfy_worker.jobs.stream import JobStream, stream_job
-from comfy_worker.jobs.warmup import load_warmup_workflow, warmup_model_files
+from comfy_worker.jobs.warmup import load_warmup_workflow, reseeded, warmup_model_files
 from comfy_worker.logs import JobLog
 from comfy_worker.models.affinity import models_in
 from comfy_worker.models.cache import ModelCache
@@ -52,6 +53,7 @@ class Worker:
         self.model_cache: ModelCache | None = None
         self.prefetcher = Prefetcher(settings.prefetch_threads)
         self.model_roots: list[Path] = []
+        self.compile_rollout: CompileRollout | None = None
 
     @property
     def settings(self) -> Settings:
@@ -87,9 +89,24 @@ class Worker:
         self._executor = ThreadPoolExecutor(4 * len(self.fleet.instances) + 4, thread_name_prefix="job")
         self.runner = JobRunner(self.settings, self.fleet, self.scheduler, self.model_cache, self.prefetcher,
                                 self.model_roots, self._executor)
-        started = time.monotonic()
+        warmup_started = time.monotonic()
         self.warm_up()
-        self.startup_s["warmup"] = round(time.monotonic() - started, 2)
+        self.startup_s["warmup"] = round(time.monotonic() - warmup_started, 2)
+        self._record_compile(started)
+        self.compile_rollout = CompileRollout(self.settings, self.fleet, self.scheduler, self.warm_up_instance,
+                                              started)
+        self.compile_rollout.start()
+
+    def _record_compile(self, started: float) -> None:
+        """What torch.compile did in each instance compiled at start (counters: cache hits and misses per level),
+        kept on the instance for the job output's `tuning`."""
+        assert self.fleet is not None
+        for instance in self.fleet.instances:
+            if instance.compile.on and instance.healthy:
+                with contextlib.suppress(WorkerError):
+                    instance.compile.report = instance.client.compile_report()
+                    instance.compile.compiled_at_s = round(time.monotonic() - started, 1)
+                    log.info("[%s] compiled: %s", instance.label, instance.compile.summary())
 
     def _read_ahead_warmup(self) -> None:
         """The warm-up workflow's model files start loading into the page cache while the instances start."""
@@ -116,6 +133,14 @@ class Worker:
         log.info("warm-up ran on %d instance(s) in %.1f s: %s", len(instances), time.monotonic() - started,
                  ", ".join(results))
 
+    def warm_up_instance(self, instance: ComfyInstance, new_seeds: bool) -> str:
+        """Runs the warm-up workflow on one instance (the compile primer, an instance switched to compiled);
+        `new_seeds` makes its samplers run again where ComfyUI would answer from its cache."""
+        workflow = load_warmup_workflow(self.settings.warmup_workflow)
+        if workflow is None:
+            return "no warm-up workflow"
+        return self._warm_up_one(instance, parse_job_input({"workflow": reseeded(workflow) if new_seeds else workflow}))
+
     def _warm_up_one(self, instance: ComfyInstance, request: JobRequest) -> str:
         assert self.runner is not None and self.scheduler is not None
         job_log = JobLog("warmup")
@@ -128,10 +153,20 @@ class Worker:
         except (WorkerError, JobCancelled) as error:
             job_log.error("warm-up failed: %s", error)
             return f"{instance.label} failed"
-        self.scheduler.remember_models(instance.spec.index, models_in(request.workflow))
+        if self.fleet is not None and instance in self.fleet.instances:  # not the compile primer
+            self.scheduler.remember_models(instance.spec.index, models_in(request.workflow))
         return f"{instance.label} {time.monotonic() - started:.1f} s"
 
+    def compile_state(self) -> dict[str, Any]:
+        """Per instance, where its compile stands (counters included); the background compile's state."""
+        instances = self.fleet.instances if self.fleet else []
+        return {"instances": {i.label: {**i.compile.summary(), "on": i.compile.on, "report": i.compile.report}
+                              for i in instances},
+                "rollout": self.compile_rollout.state if self.compile_rollout else None}
+
     def stop(self) -> None:
+        if self.compile_rollout is not None:
+            self.compile_rollout.stop()
         if self.fleet is not None:
             self.fleet.stop()
         if self._executor is not None:

@@ -56,6 +56,18 @@ class ComfyClient:
         """Sets the in-process torch switches through our comfy_worker_tuning node; returns what it applied."""
         return self._json("POST", "/worker/tuning", json=switches)
 
+    def compile_report(self) -> dict[str, Any]:
+        """What torch.compile did in the instance: counters, compiled models, versions (GET /worker/compile)."""
+        return self._json("GET", "/worker/compile")
+
+    def save_compile_artifact(self, path: str, timeout_s: float = 600) -> dict[str, Any]:
+        """The instance's compile caches written to `path` (Mega-Cache); {"error": ...} when it could not."""
+        return self._json("POST", "/worker/compile/save", json={"path": path}, timeout=timeout_s)
+
+    def load_compile_artifact(self, path: str, timeout_s: float = 600) -> dict[str, Any]:
+        """Fills the instance's compile caches from the artefact at `path`; {"error": ...} when it could not."""
+        return self._json("POST", "/worker/compile/load", json={"path": path}, timeout=timeout_s)
+
     def upload_input(self, name: str, data: bytes) -> str:
         """Stores a job's input file in the instance's input folder under `name`; returns the stored name."""
         response = self._json(

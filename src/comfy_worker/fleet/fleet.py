@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from comfy_worker.errors import InstanceUnavailable, WorkerNotReady
+from comfy_worker.fleet.compiling import ArtifactStore
 from comfy_worker.fleet.gpu_busy import GpuBusySampler, start_gpu_busy
 from comfy_worker.fleet.gpus import Gpu, detect_gpus
 from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec
@@ -62,11 +63,12 @@ class Fleet:
         """`warmup_files`: the warm-up workflow's model files, which the VRAM mode of each instance is planned for."""
         self.settings = settings
         self.gpus = detect_gpus() if gpus is None else gpus
-        model_paths = [*settings.extra_model_paths, *more_model_paths, write_custom_nodes_config(settings)]
+        self.model_paths = [*settings.extra_model_paths, *more_model_paths, write_custom_nodes_config(settings)]
+        self.artifacts = ArtifactStore(settings, warmup_files or [])
         specs = plan_instances(settings, self.gpus, warmup_files)
         tunings = plan_launch_tuning(settings, self.gpus, [spec.gpu for spec in specs], warmup_files or [])
         self.instances = [
-            ComfyInstance(spec, settings, model_paths, tuning) for spec, tuning in zip(specs, tunings, strict=True)
+            ComfyInstance(spec, settings, self.model_paths, tuning) for spec, tuning in zip(specs, tunings, strict=True)
         ]
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
@@ -130,14 +132,31 @@ class Fleet:
         return None
 
     def _apply_switches(self, instance: ComfyInstance) -> None:
+        request = node_request(self.settings, instance.spec.gpu is not None)
+        instance.compile.requested = request["compile"] is not None
+        if request["compile"] is not None and not self._compile_now(instance, request["compile"]):
+            request = {**request, "compile": None}
         try:
-            instance.switches = instance.client.apply_tuning(node_request(self.settings, instance.spec.gpu is not None))
+            instance.switches = instance.client.apply_tuning(request)
         except InstanceUnavailable as error:  # the node failed to load: ComfyUI runs with its own defaults
             instance.switches = {"error": str(error)}
             log.error("[%s] the worker's tuning node did not answer; torch switches not applied: %s",
                       instance.label, error)
             return
+        instance.compile.on = request["compile"] is not None
         log.info("[%s] %s", instance.label, "; ".join(instance.switches.get("applied", [])))
+
+    def _compile_now(self, instance: ComfyInstance, compile_options: dict) -> bool:
+        """Whether an instance to be compiled starts compiled: yes with its artefact loaded (fleet/compiling.py),
+        after a restart of one already switched, or where the compile is to happen in the warm-up or the first job
+        (COMPILE_IN_BACKGROUND=0, no warm-up workflow); otherwise it serves uncompiled until the background compile
+        (fleet/compile_rollout.py) switches it."""
+        if self.artifacts.load_into(instance, compile_options) or instance.compile.on:
+            return True
+        if not self.settings.compile_in_background or not self.settings.warmup_workflow:
+            return True
+        log.info("[%s] serves uncompiled until its compile artefact is made in the background", instance.label)
+        return False
 
     def _watch(self) -> None:
         while not self._closing.wait(WATCH_INTERVAL_S):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from comfy_worker.comfy.client import ComfyClient
 from comfy_worker.errors import InstanceUnavailable
+from comfy_worker.fleet.compiling import CompileStatus
 from comfy_worker.fleet.tuning import LaunchTuning
 from comfy_worker.settings import Settings
 
@@ -116,6 +117,7 @@ class ComfyInstance:
         self.spec = spec
         self.tuning = tuning or LaunchTuning()
         self.switches: dict = {}  # what the tuning node applied inside the process (GET /worker/tuning)
+        self.compile = CompileStatus()
         self.label = spec.label
         self.settings = settings
         self.dirs = InstanceDirs(settings.work_dir / spec.label)

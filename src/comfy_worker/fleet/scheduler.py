@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from comfy_worker.deadline import NO_DEADLINE, Deadline
@@ -42,6 +42,7 @@ class Scheduler:
         self.metrics = [InstanceMetrics(instance.label, instance.spec.gpu) for instance in self.instances]
         self._locks = [asyncio.Lock() for _ in self.instances]
         self._resident_models: list[frozenset[str]] = [frozenset() for _ in self.instances]
+        self._reserved: set[int] = set()  # instances held off jobs by another thread (a compile switch)
 
     def remember_models(self, index: int, models: frozenset[str]) -> None:
         """The models a job just ran on an instance (ComfyUI keeps the last workflow's models loaded)."""
@@ -50,7 +51,38 @@ class Scheduler:
 
     def load(self, index: int) -> int:
         metrics = self.metrics[index]
-        return metrics.queue_length + metrics.running
+        return metrics.queue_length + metrics.running + (index in self._reserved)
+
+    @contextlib.contextmanager
+    def reserved(self, index: int, poll_s: float = 0.05) -> Iterator[None]:
+        """Holds an instance off jobs from a thread outside the job loop (the switch to a compiled model): it counts
+        as busy, so jobs go to other instances; a job already on it finishes first; one that gets it meanwhile
+        waits until the reservation ends. (The job raises `running`, then looks at the reservation; this side
+        reserves, then looks at `running`: one of the two always sees the other.)"""
+        self._reserved.add(index)
+        try:
+            while self.metrics[index].running:
+                time.sleep(poll_s)
+            yield
+        finally:
+            self._reserved.discard(index)
+
+    async def _enter(self, index: int) -> None:
+        metrics = self.metrics[index]
+        waited = None
+        while True:
+            metrics.running += 1
+            if index not in self._reserved:
+                break
+            metrics.running -= 1
+            if waited is None:
+                waited = time.monotonic()
+                log.warning("[%s] a job waits while the instance switches to its compiled model",
+                            self.instances[index].label)
+            await asyncio.sleep(HEALTH_WAIT_POLL_S / 10)
+        if waited is not None:
+            log.warning("[%s] the job waited %.1f s for the switch to the compiled model", self.instances[index].label,
+                        time.monotonic() - waited)
 
     def pinned(self, pin: int) -> list[int]:
         """The instances a job's `gpu` pin names: every instance of the pin-th GPU (INSTANCES_PER_GPU may run more
@@ -120,7 +152,11 @@ class Scheduler:
             self._locks[index].release()
             log.warning("[%s] became unhealthy while a job queued for it; choosing again", self.instances[index].label)
         metrics = self.metrics[index]
-        metrics.running += 1
+        try:
+            await self._enter(index)
+        except BaseException:  # cancelled while the instance switched: the queue goes on without this job
+            self._locks[index].release()
+            raise
         try:
             yield Lease(self.instances[index], (time.monotonic() - queued_at) * 1000)
         finally:

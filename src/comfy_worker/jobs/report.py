@@ -54,6 +54,8 @@ def tuning_report(instance: ComfyInstance) -> dict[str, Any]:
         "torch": switches.get("torch", {}),
         "compiled_models": switches.get("compiled_models", 0),
         "png_compress_level": switches.get("png_compress_level"),
+        "compiled": instance.compile.on,  # compile switched on in the process: its diffusion models ran compiled
+        "compile": instance.compile.summary() if instance.compile.requested else None,
     }
 
 

@@ -43,3 +43,18 @@ def warmup_model_files(settings: Settings) -> list[ModelFile]:
     if workflow is None:
         return []
     return workflow_model_files(workflow, model_roots(settings.comfyui_dir, settings.extra_model_paths))
+
+
+SEED_INPUTS = ("seed", "noise_seed")
+
+
+def reseeded(workflow: dict[str, Any], bump: int = 1) -> dict[str, Any]:
+    """The workflow with every integer seed moved by `bump`: run again on an instance, its samplers execute instead
+    of answering from ComfyUI's cache (the loaders stay cached, models stay loaded)."""
+    result = {}
+    for node_id, node in workflow.items():
+        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
+        changed = {name: value + bump for name, value in inputs.items()
+                   if name in SEED_INPUTS and isinstance(value, int) and not isinstance(value, bool)}
+        result[node_id] = {**node, "inputs": {**inputs, **changed}} if changed else node
+    return result

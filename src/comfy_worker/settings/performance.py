@@ -38,6 +38,15 @@ PERFORMANCE = (
              "Inductor and Triton caches shared by every instance (a new process on the same machine compiles in "
              "38 s instead of 150 s).",
              "performance"),
+    Variable("COMPILE_ARTIFACT_DIR", "<COMPILE_CACHE_DIR>/artifacts",
+             "Where the portable compile artefacts (PyTorch Mega-Cache, one per GPU type, torch/CUDA/ComfyUI "
+             "version, compile settings and warm-up models) are kept: `python -m comfy_worker.prime` writes one, "
+             "an instance that finds its own loads it before the warm-up and is compiled in seconds.",
+             "performance"),
+    Variable("COMPILE_IN_BACKGROUND", "1",
+             "With compile on and no artefact: 1 serves uncompiled at once while a one-off primer process on GPU 0 "
+             "compiles and saves the artefact, then each idle instance loads it and switches to compiled; 0 "
+             "compiles during the warm-up, before the first job.", "performance"),
     Variable("MODEL_PREFETCH_THREADS", "8",
              "Readers that load a job's model files into the page cache as soon as the job arrives (and the "
              "warm-up workflow's at start), so ComfyUI finds them cached; 0 turns read-ahead off.", "performance"),
@@ -68,6 +77,8 @@ class PerformanceSettings:
     torch_compile: str
     torch_compile_mode: str
     compile_cache_dir: Path
+    compile_artifact_dir: Path
+    compile_in_background: bool
     warmup_workflow: str
     prefetch_threads: int
     gpu_busy_sample_ms: int
@@ -75,6 +86,8 @@ class PerformanceSettings:
     @classmethod
     def read(cls, env: EnvReader) -> PerformanceSettings:
         compile_mode = env.choice("TORCH_COMPILE_MODE", COMPILE_MODES)
+        compile_cache_dir = _compile_cache_dir(env)
+        artifact_dir = env.raw("COMPILE_ARTIFACT_DIR")
         return cls(
             vram_mode=env.choice("COMFY_VRAM_MODE", VRAM_MODES),
             cpu_pinning=env.flag("COMFY_CPU_PINNING", True),
@@ -85,7 +98,9 @@ class PerformanceSettings:
             cudnn_benchmark=env.flag("GPU_CUDNN_BENCHMARK", False),
             torch_compile=_torch_compile(env),
             torch_compile_mode="" if compile_mode == "default" else compile_mode,
-            compile_cache_dir=_compile_cache_dir(env),
+            compile_cache_dir=compile_cache_dir,
+            compile_artifact_dir=Path(artifact_dir).expanduser() if artifact_dir else compile_cache_dir / "artifacts",
+            compile_in_background=env.flag("COMPILE_IN_BACKGROUND", True),
             warmup_workflow=env.raw("WARMUP_WORKFLOW"),
             prefetch_threads=env.integer("MODEL_PREFETCH_THREADS", 8),
             gpu_busy_sample_ms=env.integer("GPU_BUSY_SAMPLE_MS", 100),

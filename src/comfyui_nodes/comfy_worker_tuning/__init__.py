@@ -8,13 +8,23 @@ workflow changes; a workflow that has its own TorchCompileModel node replaces th
 
 `png_compress_level` is the zlib level SaveImage writes its PNGs with (ComfyUI's is 4). Nodes that set their own level
 keep it: PreviewImage's 1, a subclass that sets `compress_level` itself, nodes with a compress_level input.
+
+Switching compile on while models are loaded wraps those too (in place: the loader's cached output is the patcher
+every next job clones), so an instance that served uncompiled switches to compiled without reloading anything.
+
+GET /worker/compile: what torch.compile did here (dynamo's counters, every group; compile seconds; recompile
+reasons; each compiled model and the seconds of its first call) and what its code depends on (GPU, torch, CUDA,
+triton, ComfyUI versions). POST /worker/compile/save {"path"} and /worker/compile/load {"path"}: PyTorch's
+Mega-Cache written to / loaded from a file (compile_cache.py); failures answer {"error": ...}.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
+import weakref
 
 import comfy.sd
 import nodes
@@ -22,11 +32,16 @@ import server
 import torch
 from aiohttp import web
 
+from . import compile_cache
+
 log = logging.getLogger("comfy_worker_tuning")
 
 COMFY_PNG_COMPRESS_LEVEL = 4  # SaveImage's own in ComfyUI v0.29
 STATE: dict = {"tf32": None, "cudnn_benchmark": None, "compile": None, "compiled_models": 0, "applied": [],
                "png_compress_level": COMFY_PNG_COMPRESS_LEVEL}
+COMPILED: list[dict] = []  # per compiled model: its class and the seconds of its first call (compile included)
+LOADED: weakref.WeakSet = weakref.WeakSet()  # the diffusion models loaded through our hooks and still alive
+FIRST_CALL_KEY = "comfy_worker.first_call"
 
 
 def _torch_state() -> dict:
@@ -59,6 +74,9 @@ def apply(request: dict) -> dict:
     if compile_options:
         _report(f"✓ Enabled torch.compile of diffusion models on load (backend {compile_options.get('backend')}, "
                 f"mode {compile_options.get('mode') or 'default'})")
+        wrapped = sum(1 for patcher in list(LOADED) if not _is_compiled(patcher) and _compile(patcher) is patcher)
+        if wrapped:
+            _report(f"✓ torch.compile wrapper set on {wrapped} loaded model(s)")
     else:
         _report("✗ Disabled torch.compile of diffusion models")
     level = request.get("png_compress_level")
@@ -72,14 +90,41 @@ def state() -> dict:
     return {**STATE, "torch": _torch_state()}
 
 
+def _is_compiled(model_patcher) -> bool:
+    return "torch_compile_kwargs" in getattr(model_patcher, "model_options", {})
+
+
+def _first_call_timer(record: dict):
+    """An apply_model wrapper that times the first call of a compiled model: the compile (or the cache load) and,
+    with reduce-overhead, the first CUDA graph recording."""
+    def wrapper(executor, *args, **kwargs):
+        if record["first_call_s"] is not None:
+            return executor(*args, **kwargs)
+        started = time.monotonic()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            record["first_call_s"] = round(time.monotonic() - started, 3)
+    return wrapper
+
+
 def _compile(model_patcher):
+    if model_patcher is not None and hasattr(model_patcher, "get_model_object"):
+        LOADED.add(model_patcher)
     options = STATE["compile"]
     if not options or model_patcher is None or not hasattr(model_patcher, "get_model_object"):
         return model_patcher
+    from comfy.patcher_extension import WrappersMP
     from comfy_api.torch_helpers import set_torch_compile_wrapper
 
     started = time.monotonic()
     set_torch_compile_wrapper(model_patcher, backend=options.get("backend", "inductor"), mode=options.get("mode"))
+    record = {"model": type(model_patcher.model).__name__, "first_call_s": None}
+    model_patcher.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, FIRST_CALL_KEY)
+    model_patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, FIRST_CALL_KEY, _first_call_timer(record))
+    COMPILED.append(record)
     STATE["compiled_models"] += 1
     log.info("torch.compile wrapper set on %s in %.2f s (compiles on first use)",
              type(model_patcher.model).__name__, time.monotonic() - started)
@@ -133,6 +178,47 @@ async def get_tuning(request: web.Request) -> web.Response:
 @server.PromptServer.instance.routes.post("/worker/tuning")
 async def post_tuning(request: web.Request) -> web.Response:
     return web.json_response(apply(await request.json()))
+
+
+def _comfyui_version() -> str | None:
+    try:
+        import comfyui_version
+
+        return str(comfyui_version.__version__)
+    except ImportError:
+        return None
+
+
+def compile_report() -> dict:
+    return {"compile": STATE["compile"], "compiled_models": STATE["compiled_models"], "models": list(COMPILED),
+            "counters": compile_cache.counters(), "compile_seconds": compile_cache.compile_seconds(),
+            "recompile_reasons": compile_cache.recompile_reasons(),
+            "environment": compile_cache.environment(_comfyui_version())}
+
+
+@server.PromptServer.instance.routes.get("/worker/compile")
+async def get_compile(request: web.Request) -> web.Response:
+    return web.json_response(compile_report())
+
+
+async def _path_of(request: web.Request) -> str:
+    try:
+        body = await request.json()
+    except ValueError:
+        return ""
+    return str(body.get("path") or "") if isinstance(body, dict) else ""
+
+
+@server.PromptServer.instance.routes.post("/worker/compile/save")
+async def post_compile_save(request: web.Request) -> web.Response:
+    path = await _path_of(request)
+    return web.json_response(await asyncio.get_running_loop().run_in_executor(None, compile_cache.save, path))
+
+
+@server.PromptServer.instance.routes.post("/worker/compile/load")
+async def post_compile_load(request: web.Request) -> web.Response:
+    path = await _path_of(request)
+    return web.json_response(await asyncio.get_running_loop().run_in_executor(None, compile_cache.load, path))
 
 
 NODE_CLASS_MAPPINGS: dict = {}
