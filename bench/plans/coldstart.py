@@ -36,6 +36,7 @@ from runner import Bench, median
 
 from comfy_worker.prime import PrimeError, prime
 from comfy_worker.worker import Worker
+from plans.stream import busy_summary
 
 log = logging.getLogger("bench")
 
@@ -43,6 +44,7 @@ CODECACHE_LINE = re.compile(r"cache (hit|miss|bypass)|FxGraphCache|AOTAutogradCa
 KEPT_LOG_LINES = 300
 LEAVE_FOR_LATER_PHASES_S = 150  # no_artifact waits for the switch to compiled until this much of the deadline is left
 JOBS_AFTER_FIRST = 3
+STREAM_JOBS = 20  # the stream plan's length
 COMPILED_SPEED = 0.95  # a job runs "at compiled speed" at ≥ 95 % of the steady compiled it/s
 
 
@@ -114,7 +116,7 @@ def phase_carried(bench: Bench, env: dict[str, str]) -> None:
 
 def phase_fresh(bench: Bench, env: dict[str, str]) -> None:
     wiped = wipe(bench, keep_artifacts=True)
-    run = start_and_serve(bench, env)
+    run = start_and_serve(bench, env, stream_jobs=STREAM_JOBS)
     bench.record("fresh_with_artifact", {"wiped": wiped, **run})
 
 
@@ -124,10 +126,12 @@ def phase_no_artifact(bench: Bench, env: dict[str, str]) -> None:
     bench.record("no_artifact", {"wiped": wiped, **run})
 
 
-def start_and_serve(bench: Bench, env: dict[str, str], wait_compiled: bool = False) -> dict[str, Any]:
+def start_and_serve(bench: Bench, env: dict[str, str], wait_compiled: bool = False,
+                    stream_jobs: int = 0) -> dict[str, Any]:
     """Starts a worker, then jobs one at a time: each answer's time from the start and its it/s; P7c is the answer of
     the first job at compiled speed. With `wait_compiled`, waits (within the plan's deadline) for the instance to
-    switch to compiled, then one more job."""
+    switch to compiled, then one more job. With `stream_jobs`, then that many jobs at once (the stream plan's
+    measure, compiled: P8 with the worker's defaults)."""
     started = time.monotonic()
     worker = Worker(bench.settings(**env))
     try:
@@ -141,6 +145,10 @@ def start_and_serve(bench: Bench, env: dict[str, str], wait_compiled: bool = Fal
             result["compiled_after_s"] = wait_until_compiled(bench, worker, started)
             if result["compiled_after_s"] is not None:
                 result["jobs_compiled"] = [one_job(bench, worker, started) for _ in range(2)]
+        if stream_jobs and bench.left() > 40:
+            stream = bench.through_worker(worker, "sdxl", stream_jobs, timeline=True)
+            stream.update(busy_summary(stream), instances=[i.label for i in worker.fleet.instances])
+            result["stream"] = stream
         result["compile"] = worker.compile_state()
         result.update(speeds(jobs, result.get("jobs_compiled")))
         return result
