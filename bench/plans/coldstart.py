@@ -43,6 +43,7 @@ log = logging.getLogger("bench")
 CODECACHE_LINE = re.compile(r"cache (hit|miss|bypass)|FxGraphCache|AOTAutogradCache|recompil|autotune", re.I)
 KEPT_LOG_LINES = 300
 LEAVE_FOR_LATER_PHASES_S = 150  # no_artifact waits for the switch to compiled until this much of the deadline is left
+LEAVE_FOR_FRESH_ONLY_S = 80  # the same when only fresh_with_artifact follows (--phases)
 JOBS_AFTER_FIRST = 3
 STREAM_JOBS = 20  # the stream plan's length
 COMPILED_SPEED = 0.95  # a job runs "at compiled speed" at ≥ 95 % of the steady compiled it/s
@@ -178,7 +179,10 @@ def wait_until_compiled(bench: Bench, worker: Worker, started: float) -> float |
     def compiled() -> bool:
         return any(i.compile.on and i.compile.compiled_at_s is not None for i in worker.fleet.instances)
 
-    while rollout is not None and bench.left() > LEAVE_FOR_LATER_PHASES_S and not compiled():
+    later = [name for name in ("carried_inductor_cache", "fresh_with_artifact")
+             if not bench.args.phases or name in bench.args.phases.split(",")]
+    leave_s = LEAVE_FOR_LATER_PHASES_S if "carried_inductor_cache" in later else LEAVE_FOR_FRESH_ONLY_S
+    while rollout is not None and bench.left() > leave_s and not compiled():
         if rollout.wait(1.0):
             break
     return round(time.monotonic() - started, 1) if compiled() else None
