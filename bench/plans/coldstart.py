@@ -179,9 +179,8 @@ def wait_until_compiled(bench: Bench, worker: Worker, started: float) -> float |
     def compiled() -> bool:
         return any(i.compile.on and i.compile.compiled_at_s is not None for i in worker.fleet.instances)
 
-    later = [name for name in ("carried_inductor_cache", "fresh_with_artifact")
-             if not bench.args.phases or name in bench.args.phases.split(",")]
-    leave_s = LEAVE_FOR_LATER_PHASES_S if "carried_inductor_cache" in later else LEAVE_FOR_FRESH_ONLY_S
+    carried_follows = not bench.args.phases or "carried_inductor_cache" in bench.args.phases.split(",")
+    leave_s = LEAVE_FOR_LATER_PHASES_S if carried_follows else LEAVE_FOR_FRESH_ONLY_S
     while rollout is not None and bench.left() > leave_s and not compiled():
         if rollout.wait(1.0):
             break
