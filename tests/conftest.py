@@ -19,8 +19,9 @@ import pytest
 import requests
 from cpu_worker_env import free_port_block, worker_env
 
+from comfy_worker.fleet.gpus import Gpu
 from comfy_worker.logs import configure
-from comfy_worker.settings import load_settings
+from comfy_worker.settings import Settings, load_settings
 from comfy_worker.worker import Worker
 
 TESTS = Path(__file__).resolve().parent
@@ -52,13 +53,19 @@ def run() -> Iterator[Callable[..., Any]]:
 def worker(comfyui_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     configure("INFO")
     settings = load_settings(worker_env(comfyui_dir, tmp_path_factory.mktemp("work"), instances=2))
-    worker = Worker(settings, gpus=[])
+    worker = started_worker(settings, [], "the ComfyUI instances")
+    yield worker
+    worker.stop()
+
+
+def started_worker(settings: Settings, gpus: list[Gpu], what: str) -> Worker:
+    """A started worker; the test fails, naming `what`, when its instances do not start."""
+    worker = Worker(settings, gpus=gpus)
     worker.start()
     if worker.startup_error:
         worker.stop()
-        pytest.fail(f"the ComfyUI instances did not start: {worker.startup_error}", pytrace=False)
-    yield worker
-    worker.stop()
+        pytest.fail(f"{what} did not start: {worker.startup_error}", pytrace=False)
+    return worker
 
 
 def make_job(workflow: dict[str, Any], **fields: Any) -> dict[str, Any]:

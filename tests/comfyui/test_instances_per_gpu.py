@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import make_job
+from conftest import make_job, started_worker
 from cpu_worker_env import worker_env
 from workflows import sleep
 
@@ -19,7 +19,6 @@ from comfy_worker.fleet.cpu_layout import available_cpus
 from comfy_worker.fleet.gpus import Gpu
 from comfy_worker.logs import configure
 from comfy_worker.settings import load_settings
-from comfy_worker.worker import Worker
 
 pytestmark = pytest.mark.comfyui
 
@@ -29,11 +28,8 @@ def twins(comfyui_dir, tmp_path_factory):
     configure("INFO")
     env = worker_env(comfyui_dir, tmp_path_factory.mktemp("twins"), instances=2, COMFY_NUM_GPUS="1",
                      INSTANCES_PER_GPU="2", COMFY_EXTRA_ARGS="--cpu", COMFY_VRAM_MODE="dynamic", TORCH_COMPILE="off")
-    worker = Worker(load_settings(env), gpus=[Gpu(0, "a GPU record for CPU tests", 143771)])
-    worker.start()
-    if worker.startup_error:
-        worker.stop()
-        pytest.fail(f"the two instances of GPU 0 did not start: {worker.startup_error}", pytrace=False)
+    worker = started_worker(load_settings(env), [Gpu(0, "a GPU record for CPU tests", 143771)],
+                            "the two instances of GPU 0")
     yield worker
     worker.stop()
 
