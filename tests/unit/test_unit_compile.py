@@ -222,7 +222,8 @@ def report_writer():
 
 def test_the_coldstart_report_takes_p_numbers_from_a_gpu_run_only(tmp_path):
     writer = report_writer()
-    fresh = {**run_record(21.5, [20.0, 25.0, 25.2, 25.1], True), "p7c_s": 23.5, "steady_its": 25.1}
+    fresh = {**run_record(21.5, [20.0, 25.0, 25.2, 25.1], True), "p7c_s": 23.5, "steady_its": 25.1,
+             "compile": {"instances": {"gpu0": {"artifact_loaded": True}}}}
     phases = {"fresh_with_artifact": fresh, "no_artifact": {**run_record(17.0, [14.0, 14.2], False),
                                                             "compiled_after_s": 210.0}}
     gpu_run = {"machine": {"gpus": ["NVIDIA H200"], "cpus": 16, "torch": "2.11.0"}, "args": {"cpu": False},
@@ -235,6 +236,11 @@ def test_the_coldstart_report_takes_p_numbers_from_a_gpu_run_only(tmp_path):
     summary = json.loads((tmp_path / "docs" / "summary.json").read_text())
     assert summary["P7c"]["goal"] == "≤ 30 s" and (tmp_path / "docs" / "raw" / "h200_coldstart.json").exists()
     assert "| every cache wiped except the artefact | 21.5 |" in (tmp_path / "docs" / "coldstart.md").read_text()
+
+    no_artifact_there = {**gpu_run, "phases": {**phases, "fresh_with_artifact": {**fresh, "compile": {}}}}
+    results.write_text(json.dumps(no_artifact_there))  # the phase before left no artefact: no P-numbers
+    assert writer.write(results, tmp_path / "partial", "partial.json", accept_dry_run=False) == {}
+    assert "no artefact was there to load" in (tmp_path / "partial" / "coldstart.md").read_text()
 
     dry = {**gpu_run, "machine": {"gpus": [], "cpus": 2}, "args": {"cpu": True}}
     results.write_text(json.dumps(dry))
