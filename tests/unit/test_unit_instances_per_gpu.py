@@ -19,7 +19,7 @@ from comfy_worker.fleet.vram import GIB, instances_for_card
 from comfy_worker.models.files import ModelFile
 from comfy_worker.settings import SettingsError, load_settings
 
-H200_MIB, H100_MIB, L4_MIB = 143771, 81559, 23034
+H200_MIB, H100_MIB, L4_MIB, RTX4090_MIB = 143771, 81559, 23034, 24564
 SDXL = [ModelFile("sdxl.safetensors", Path("a"), 6_938_000_000, True, 6_938_000_000)]
 WAN14B = [ModelFile("wan14b.safetensors", Path("a"), 28_577_000_000, True, 28_577_000_000),
           ModelFile("umt5.safetensors", Path("b"), 6_731_000_000, False, 6_731_000_000)]
@@ -50,8 +50,9 @@ def test_cpu_only_machines_ignore_instances_per_gpu():
 
 
 @pytest.mark.parametrize(("card_mib", "files", "count"), [
-    (H100_MIB, SDXL, 2),    # 2 × (6.5 × 1.15 + 4) = 22.9 GiB of 79.6
-    (L4_MIB, SDXL, 1),      # 22.9 GiB needed, 22.5 GiB card
+    (H100_MIB, SDXL, 2),    # 2 × (6.5 × 1.15 + 4 + 0.75) = 24.4 GiB of 0.9 × 79.6
+    (RTX4090_MIB, SDXL, 1),  # 24.4 GiB needed, 0.9 × 24 GiB usable: the twin would risk out of memory
+    (L4_MIB, SDXL, 1),      # 24.4 GiB needed, 0.9 × 22.5 GiB usable
     (H200_MIB, WAN14B, 2),  # 2 × 41.8 GiB of 140
     (H100_MIB, WAN14B, 1),  # 83.6 GiB needed, 79.6 GiB card
     (H200_MIB, [], 1),      # no warm-up models known
@@ -66,7 +67,7 @@ def test_auto_runs_two_only_where_the_warmup_models_fit_twice(card_mib, files, c
 def test_auto_says_why():
     assert instances_for_card("auto", H200_MIB << 20, []) == (1, "no warm-up models known")
     count, reason = instances_for_card("auto", L4_MIB << 20, SDXL)
-    assert count == 1 and re.search(r"need 22\.9 GiB of 22\.5 GiB: one instance", reason)
+    assert count == 1 and re.search(r"need 24\.4 GiB of 20\.2 GiB usable: one instance", reason)
     assert instances_for_card("2", 8 * GIB, WAN14B) == (2, "set by INSTANCES_PER_GPU")  # forced: the user's call
 
 

@@ -43,6 +43,11 @@ OFFLOAD_FLAGS = ("--fast-disk",)
 # use, the caching allocator's reserve included (docs/benchmarks/raw, mem_used_mib_max).
 ACTIVATION_HEADROOM_BYTES = 4 * GIB
 WEIGHT_OVERHEAD = 1.15  # CUDA context, cuBLAS workspaces, fragmentation
+# Two instances on one card: each process holds its own CUDA context and allocator reserve, and one SDXL instance
+# was seen using 12.9 GiB at its peak; so two SDXL instances are planned only with this margin (an RTX 4090 runs
+# one, an H100 two).
+PROCESS_CONTEXT_BYTES = GIB * 3 // 4
+TWIN_USABLE_FRACTION = 0.9
 HIGH_WITHOUT_MODELS_MIN_BYTES = 24 * GIB  # no model files at start (models arrive by URL): decide by card size
 
 @dataclass(frozen=True)
@@ -82,10 +87,11 @@ def instances_for_card(requested: str, vram_bytes: int | None, files: Iterable[M
     model_set = resident_bytes(files)
     if model_set == 0 or vram_bytes is None:
         return 1, "no warm-up models known" if model_set == 0 else "no GPU memory size known"
-    needed = 2 * needed_bytes(model_set)
+    needed = 2 * (needed_bytes(model_set) + PROCESS_CONTEXT_BYTES)
+    usable = vram_bytes * TWIN_USABLE_FRACTION
     summary = (f"two instances of models {model_set / GIB:.1f} GiB need {needed / GIB:.1f} GiB of "
-               f"{vram_bytes / GIB:.1f} GiB")
-    return (2, summary) if vram_bytes >= needed else (1, f"{summary}: one instance")
+               f"{usable / GIB:.1f} GiB usable")
+    return (2, summary) if usable >= needed else (1, f"{summary}: one instance")
 
 
 def resident_bytes(files: Iterable[ModelFile]) -> int:

@@ -22,7 +22,8 @@ FLEET = (
     Variable("INSTANCES_PER_GPU", "auto",
              "ComfyUI instances on each GPU: 1, 2 (one samples while the other saves its outputs: SDXL 1.57x the "
              "images/min of one instance on an H200, docs/benchmarks/stream.md), or auto (2 where the warm-up "
-             "workflow's models fit twice in the card's memory with room for activations, else 1). Each "
+             "workflow's models fit twice in 90 % of the card with room for activations and a CUDA context each: "
+             "an H100 runs two SDXL instances, an RTX 4090 one; else 1). Each "
              "instance gets its own port, folders, CPU cores and half the card for its VRAM mode; CPU-only machines "
              "ignore it (COMFY_CPU_INSTANCES decides).", "fleet"),
     Variable("COMFY_HOST", "127.0.0.1", "Address the instances listen on (loopback only).", "fleet"),
