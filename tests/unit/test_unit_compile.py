@@ -13,6 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from comfy_worker.deadline import Deadline
+from comfy_worker.errors import JobTimedOut
 from comfy_worker.fleet.compile_artifact import artifact_key, artifact_path, gpu_slug, write_sidecar
 from comfy_worker.fleet.compiling import primer_fits
 from comfy_worker.fleet.instance import InstanceSpec
@@ -249,3 +251,25 @@ def test_the_coldstart_report_takes_p_numbers_from_a_gpu_run_only(tmp_path):
     assert "CPU dry run" in (tmp_path / "dry" / "coldstart.md").read_text()
     with pytest.raises(SystemExit, match="not written into docs/benchmarks"):
         writer.write(results, writer.DOCS, "dry.json", accept_dry_run=True)
+
+
+def test_a_job_waiting_for_a_reserved_instance_ends_at_its_deadline():
+    """On a one-instance worker a job that gets the instance while it switches to compiled waits, but not past its
+    own deadline: it gets the timeout error naming the switch, and the queue goes on without it."""
+    scheduler = Scheduler([SimpleNamespace(label="cpu0", healthy=True, spec=InstanceSpec(0, None, 8188))])
+    loop = asyncio.new_event_loop()
+
+    async def job() -> str:
+        async with scheduler.lease(None, 1, deadline=Deadline.after(0.3)):
+            return "ran"
+
+    try:
+        with scheduler.reserved(0):  # held for the whole job: a switch that takes minutes
+            started = time.monotonic()
+            with pytest.raises(JobTimedOut, match="switches to its compiled model"):
+                loop.run_until_complete(asyncio.wait_for(job(), 5))
+            assert time.monotonic() - started < 2
+        assert scheduler.metrics[0].running == 0 and not scheduler._locks[0].locked()
+        assert loop.run_until_complete(job()) == "ran"
+    finally:
+        loop.close()

@@ -67,7 +67,7 @@ class Scheduler:
         finally:
             self._reserved.discard(index)
 
-    async def _enter(self, index: int) -> None:
+    async def _enter(self, index: int, deadline: Deadline) -> None:
         metrics = self.metrics[index]
         waited = None
         while True:
@@ -79,6 +79,8 @@ class Scheduler:
                 waited = time.monotonic()
                 log.warning("[%s] a job waits while the instance switches to its compiled model",
                             self.instances[index].label)
+            if deadline.expired():
+                raise deadline.error(f"waiting while {self.instances[index].label} switches to its compiled model")
             await asyncio.sleep(HEALTH_WAIT_POLL_S / 10)
         if waited is not None:
             log.warning("[%s] the job waited %.1f s for the switch to the compiled model", self.instances[index].label,
@@ -153,8 +155,8 @@ class Scheduler:
             log.warning("[%s] became unhealthy while a job queued for it; choosing again", self.instances[index].label)
         metrics = self.metrics[index]
         try:
-            await self._enter(index)
-        except BaseException:  # cancelled while the instance switched: the queue goes on without this job
+            await self._enter(index, deadline)
+        except BaseException:  # cancelled or out of time while it switched: the queue goes on without this job
             self._locks[index].release()
             raise
         try:
