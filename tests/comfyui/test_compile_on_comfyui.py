@@ -145,3 +145,23 @@ def test_the_primer_runs_the_warmup_in_a_process_of_its_own_and_ends(worker):
         os.kill(rollout.state["primer_pid"], 0)  # stopped and reaped
     assert all(i.healthy for i in worker.fleet.instances)
     assert not any((worker.settings.work_dir / "primer" / "output").rglob("*.png"))  # removed like a job's outputs
+
+
+def test_a_stop_while_the_primer_runs_kills_it_and_is_reported_as_a_stop_not_a_failure(worker):
+    """The worker stopped while its primer compiled (as on a GPU, where priming takes minutes): the primer is killed
+    at once and the rollout says it was stopped, not that the primer failed."""
+    settings = dataclasses.replace(worker.settings, torch_compile="inductor")
+    pids = []
+
+    def warm_up(primer, new_seeds):
+        pids.append(primer.pid)
+        rollout.stop()  # Worker.stop() from another thread, while the primer's warm-up runs
+        return worker._warm_up_one(primer, parse_job_input({"workflow": invert(prefix="primer")}))
+
+    rollout = CompileRollout(settings, worker.fleet, worker.scheduler, warm_up, 0.0)
+    assert rollout.run_primer(worker.fleet.instances[0]) is None
+    assert rollout.state["state"] == "stopped", rollout.state
+    assert "failed" not in json.dumps(rollout.state)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+    assert all(i.healthy for i in worker.fleet.instances)

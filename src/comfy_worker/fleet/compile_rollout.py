@@ -94,12 +94,20 @@ class CompileRollout:
                 return
             for instance in pending:
                 if self._closing.is_set():
+                    self._stopped()
                     return
                 self.switch(instance, artifact)
             self.state["state"] = "done"
         except Exception as error:  # a background failure never stops the worker: the instances stay uncompiled
+            if self._closing.is_set():  # the worker stopped the instances under it
+                self._stopped()
+                return
             log.exception("the background compile failed; the instances stay uncompiled")
             self.state.update(state="failed", error=f"{type(error).__name__}: {error}")
+
+    def _stopped(self) -> None:
+        log.info("the background compile ended with the worker (state was %s)", self.state.get("state"))
+        self.state.update(state="stopped", reason="the worker stopped before the background compile ended")
 
     def prime(self, first: ComfyInstance) -> str | None:
         """Runs the primer on `first`'s GPU; the artefact's path, or None (why is logged and kept in `state`)."""
@@ -125,9 +133,13 @@ class CompileRollout:
         primer = self._primer = ComfyInstance(spec, self.settings, self.fleet.model_paths, tuning)
         try:
             if self._closing.is_set():
+                self._stopped()
                 return None
             primer.launch()
             self.state["primer_pid"] = primer.pid
+            if self._closing.is_set():  # stop() ran while it launched, before the process was there to stop
+                self._stopped()
+                return None
             primer.wait_ready(self.settings.start_timeout_s)
             request = node_request(self.settings, on_gpu=True)
             primer.switches = primer.client.apply_tuning(request)
@@ -137,6 +149,9 @@ class CompileRollout:
             self.state.update(primer_s=round(time.monotonic() - started, 1), warm_up=outcome,
                               report=primer.client.compile_report(), saved=saved)
         except InstanceUnavailable as error:
+            if self._closing.is_set():  # stop() killed the primer: not its failure
+                self._stopped()
+                return None
             self.state.update(state="uncompiled", reason=f"the primer failed: {error}")
             log.warning("the compile primer failed; the instances serve uncompiled: %s", error)
             return None
