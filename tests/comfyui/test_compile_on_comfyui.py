@@ -165,3 +165,27 @@ def test_a_stop_while_the_primer_runs_kills_it_and_is_reported_as_a_stop_not_a_f
     with pytest.raises(ProcessLookupError):
         os.kill(pids[0], 0)
     assert all(i.healthy for i in worker.fleet.instances)
+
+
+def test_an_instance_that_dies_during_its_switch_stays_uncompiled_and_the_rollout_goes_on(worker, tmp_path):
+    """The instance died while it switched (between its artefact's load and its compile report): that switch is
+    given up and the reservation released; the rollout does not end for the other instances."""
+    instance = worker.fleet.instances[0]
+    status = instance.compile
+    settings = dataclasses.replace(worker.settings, torch_compile="inductor")
+
+    def warm_up(switched, new_seeds):
+        switched.kill_hung()  # a crash during the compiled warm-up
+        switched._process.wait(10)
+        return f"{switched.label} failed"
+
+    rollout = CompileRollout(settings, worker.fleet, worker.scheduler, warm_up, 0.0)
+    artefact = tmp_path / "cpu.megacache"
+    subprocess.run([sys.executable, "-c", MAKE_ARTEFACT, str(artefact)], check=True, timeout=280,
+                   env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    try:
+        instance.compile = type(status)(requested=True)
+        assert rollout.switch(instance, str(artefact)) is False
+        assert worker.scheduler.load(0) == 0  # the reservation is released
+    finally:
+        instance.compile = status

@@ -184,10 +184,14 @@ class CompileRollout:
                             status.load.get("error") or "nothing in it")
                 return False
             request = node_request(self.settings, on_gpu=True)
-            instance.switches = instance.client.apply_tuning(request)
-            status.on = True
-            outcome = self.warm_up(instance, True)
-            status.report = instance.client.compile_report()
+            try:
+                instance.switches = instance.client.apply_tuning(request)
+                status.on = True
+                outcome = self.warm_up(instance, True)
+                status.report = instance.client.compile_report()
+            except InstanceUnavailable as error:  # it died meanwhile: the watcher restarts it, the rollout goes on
+                log.warning("[%s] the switch to compiled was given up: %s", instance.label, error)
+                return False
             status.compiled_at_s = round(time.monotonic() - self.started_at, 1)
         log.info("[%s] switched to compiled in %.1f s (%.1f s waiting for it to be idle; warm-up %s)",
                  instance.label, time.monotonic() - started, waited, outcome)
