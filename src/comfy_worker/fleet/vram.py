@@ -4,9 +4,9 @@ out-of-memory `--highvram` for models it cannot.
 ComfyUI v0.29's default (dynamic VRAM) samples SDXL at about half the speed of `--highvram` on a large card and
 copies the weights into every process's private RAM (docs/benchmarks); `--highvram` keeps every model on the GPU
 and runs out of memory when they do not fit. `auto` decides from each job's own model files (`job_vram_choice`):
-`--highvram` where they fit with room for activations, ComfyUI's dynamic loading where they do not; an instance
-whose mode does not suit the next job is restarted in the other mode before that job (docs/benchmarks/video.md
-measures what each costs). At start, before any job, an instance takes the warm-up workflow's choice, or
+`--highvram` where they fit with room for activations, ComfyUI's dynamic loading streamed from the model file
+(`--fast-disk`) where they do not; an instance whose mode does not suit the next job is restarted in the other mode
+before that job (docs/benchmarks/video.md measures what each costs). At start, before any job, an instance takes the warm-up workflow's choice, or
 `--highvram` on a card of 24 GiB or more.
 """
 
