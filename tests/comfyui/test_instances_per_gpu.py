@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import make_job, started_worker
+from conftest import make_job, started_worker, wait_until
 from cpu_worker_env import worker_env
-from workflows import sleep
+from workflows import sleep, through
 
 from comfy_worker.fleet.cpu_layout import available_cpus
 from comfy_worker.fleet.gpus import Gpu
@@ -66,3 +66,20 @@ def test_a_gpu_pin_means_the_gpu_and_an_out_of_range_one_says_how_many_there_are
     result = run(twins.handle(make_job(sleep(0.1), gpu=1)))
     assert result["error"].startswith("'gpu': 1 is out of range: this worker runs 1 GPU(s) (2 instance(s)), "
                                       "numbered 0 to 0"), result
+
+
+def test_a_pinned_job_whose_instance_dies_runs_again_on_the_other_instance_of_its_gpu(twins, run, tmp_path):
+    """`gpu: 0` names both instances of GPU 0: the job's instance is killed before any output, and the job runs once
+    more on its sibling (never on another GPU), with a warning naming it."""
+    restarts = {i.label: i.restarts for i in twins.fleet.instances}
+    workflow = through("WorkerTestCrash", seconds=0.3, once_marker=str(tmp_path / "crashed-once"))
+    result = run(twins.handle(make_job(workflow, gpu=0)))
+    assert "error" not in result, result
+    assert wait_until(lambda: any(i.restarts > restarts[i.label] for i in twins.fleet.instances), 30)
+    [crashed] = [i for i in twins.fleet.instances if i.restarts > restarts[i.label]]
+    assert result["instance"] != crashed.label and result["gpu"] == 0
+    assert any(f"ComfyUI on {crashed.label} died during the job before it produced any output; the job ran once more, "
+               f"on another instance of the GPU it pins ({result['instance']})" in w for w in result["warnings"]), \
+        result["warnings"]
+    assert len(result["images"]) == 1
+    assert wait_until(lambda: crashed.healthy, 120), crashed.log_tail()

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from comfy_worker.errors import InstanceUnavailable, InvalidInput
+from comfy_worker.errors import InstanceDied, InstanceUnavailable, InvalidInput
 from comfy_worker.fleet.fleet import plan_instances
 from comfy_worker.fleet.gpus import Gpu
 from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec
+from comfy_worker.fleet.recovery import retry_reason
 from comfy_worker.fleet.scheduler import Scheduler
 from comfy_worker.fleet.tuning import node_request, plan_launch_tuning, shared_gpu_offload_warning
 from comfy_worker.fleet.vram import GIB, instances_for_card
@@ -101,6 +102,30 @@ def test_a_gpu_pin_picks_the_less_loaded_instance_of_that_gpu():
     scheduler.instances[0].healthy = False
     assert scheduler.choose(0) == 1
     assert scheduler.choose(None) == 2  # unpinned: the least loaded of all four
+
+
+def test_a_pinned_retry_goes_to_the_sibling_of_the_failed_instance_and_never_to_another_gpu():
+    scheduler = _scheduler(2, "2")
+    assert scheduler.choose(0, avoid=frozenset({0})) == 1  # gpu0 failed: gpu0.1, although gpu0 is less loaded
+    scheduler.metrics[0].running = 1
+    assert scheduler.choose(0, avoid=frozenset({1})) == 0  # the avoided one only when no sibling is healthy
+    scheduler.instances[0].healthy = False
+    assert scheduler.choose(0, avoid=frozenset({1})) == 1
+    scheduler.instances[1].healthy = False
+    with pytest.raises(InstanceUnavailable, match="not healthy"):  # never gpu1's instances
+        scheduler.choose(0, avoid=frozenset({0, 1}))
+
+
+def test_a_pinned_job_whose_instance_died_runs_again_only_where_its_pin_names_a_healthy_sibling():
+    died = InstanceDied("exited", outputs_seen=False)
+    on = settings()
+    assert retry_reason(died, on, "gpu0", pinned=True, retried=False) is None  # one instance per GPU: no sibling
+    reason = retry_reason(died, on, "gpu0", pinned=True, retried=False, pinned_siblings=["gpu0.1"])
+    assert reason is not None and "on another instance of the GPU it pins (gpu0.1)" in reason
+    assert "on another instance where one was healthy" in retry_reason(died, on, "gpu0", False, False)
+    assert retry_reason(died, on, "gpu0", True, retried=True, pinned_siblings=["gpu0.1"]) is None  # once only
+    assert retry_reason(InstanceDied("exited", outputs_seen=True), on, "gpu0", True, False, ["gpu0.1"]) is None
+    assert retry_reason(died, settings(RETRY_LOST_JOBS="0"), "gpu0", True, False, ["gpu0.1"]) is None
 
 
 def test_a_gpu_pin_out_of_range_or_on_a_gpu_without_healthy_instances_says_so():

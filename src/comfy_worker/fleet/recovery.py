@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from comfy_worker.comfy.follower import PromptFollower
@@ -19,13 +20,20 @@ log = logging.getLogger("comfy_worker.recovery")
 PROBE_INTERVAL_S = 0.5
 
 
-def retry_reason(error: WorkerError, settings: Settings, label: str, pinned: bool, retried: bool) -> str | None:
-    """The warning a job carries when it runs once more after `error`, or None when it fails with `error`."""
+def retry_reason(error: WorkerError, settings: Settings, label: str, pinned: bool, retried: bool,
+                 pinned_siblings: Sequence[str] = ()) -> str | None:
+    """The warning a job carries when it runs once more after `error`, or None when it fails with `error`.
+    `pinned_siblings`: the healthy instances other than `label` that a pinned job's `gpu` pin names (the other
+    instances of its GPU under INSTANCES_PER_GPU); a pinned job whose instance died runs again only there."""
     if retried:
         return None
-    if isinstance(error, InstanceDied) and settings.retry_lost_jobs and not error.outputs_seen and not pinned:
-        return (f"ComfyUI on {label} died during the job before it produced any output; the job ran once more, "
-                "on another instance where one was healthy")
+    if isinstance(error, InstanceDied) and settings.retry_lost_jobs and not error.outputs_seen:
+        if not pinned:
+            return (f"ComfyUI on {label} died during the job before it produced any output; the job ran once more, "
+                    "on another instance where one was healthy")
+        if pinned_siblings:
+            return (f"ComfyUI on {label} died during the job before it produced any output; the job ran once more, "
+                    f"on another instance of the GPU it pins ({', '.join(pinned_siblings)})")
     if isinstance(error, ExecutionFailed) and error.out_of_memory and settings.retry_out_of_memory:
         return f"out of memory on {label}: its memory was freed (models unloaded) and the job ran once more"
     return None

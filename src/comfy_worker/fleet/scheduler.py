@@ -106,7 +106,10 @@ class Scheduler:
         affinity = {i: len(models & resident) for i, resident in enumerate(self._resident_models)}
         if pin is not None:
             members = self.pinned(pin)
-            chosen = least_loaded([(i, self.instances[i].healthy, self.load(i)) for i in members], affinity)
+            rows = [(i, self.instances[i].healthy, self.load(i)) for i in members]
+            chosen = least_loaded([row for row in rows if row[0] not in avoid], affinity)  # a retry: its sibling
+            if chosen is None:
+                chosen = least_loaded(rows, affinity)
             if chosen is None:
                 labels = ", ".join(self.instances[i].label for i in members)
                 raise InstanceUnavailable(

@@ -12,14 +12,16 @@ from comfy_worker.errors import ExecutionFailed, InstanceDied, InstanceUnavailab
 from comfy_worker.fleet.fleet import Fleet
 from comfy_worker.fleet.instance import ComfyInstance
 from comfy_worker.fleet.recovery import out_of_memory_error, paid_work_note, restart_if_hung, retry_reason
+from comfy_worker.fleet.scheduler import Scheduler
 from comfy_worker.jobs.context import JobContext
 from comfy_worker.settings import Settings
 
 
 class Recovery:
-    def __init__(self, settings: Settings, fleet: Fleet, executor: Executor) -> None:
+    def __init__(self, settings: Settings, fleet: Fleet, scheduler: Scheduler, executor: Executor) -> None:
         self.settings = settings
         self.fleet = fleet
+        self.scheduler = scheduler
         self.executor = executor
 
     async def retries(self, ctx: JobContext, error: WorkerError) -> bool:
@@ -51,7 +53,9 @@ class Recovery:
         if ctx.deadline.expired():
             return None
         retried = bool(ctx.failed_on)
-        retry = retry_reason(error, self.settings, instance.label, ctx.request.gpu is not None, retried)
+        pin = ctx.request.gpu
+        retry = retry_reason(error, self.settings, instance.label, pin is not None, retried,
+                             self._healthy_siblings(pin, instance) if pin is not None else ())
         if retry is not None and error.paid_nodes_started:
             error.args = (f"{error}. {paid_work_note(error.paid_nodes_started)}",)
             retry = None
@@ -63,3 +67,8 @@ class Recovery:
             if retry is None:
                 raise out_of_memory_error(error, instance.label, self.fleet.gpu_of(instance), retried) from error
         return retry
+
+    def _healthy_siblings(self, pin: int, instance: ComfyInstance) -> list[str]:
+        """The healthy instances other than `instance` that the pin names (the other instances of its GPU)."""
+        others = (self.scheduler.instances[i] for i in self.scheduler.pinned(pin))
+        return [other.label for other in others if other is not instance and other.healthy]

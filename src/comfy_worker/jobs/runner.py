@@ -52,7 +52,7 @@ class JobRunner:
         self.model_roots = model_roots
         self.executor = executor
         self.on_instance = OnInstance(settings, fleet, model_roots)
-        self.recovery = Recovery(settings, fleet, executor)
+        self.recovery = Recovery(settings, fleet, scheduler, executor)
         self.jobs_done = 0
 
     def use_settings(self, settings: Settings) -> None:

@@ -29,7 +29,7 @@ JOBS = (
     Variable("PROGRESS_INTERVAL_S", "1", "Least time between two progress updates sent to RunPod.", "jobs"),
     Variable("RETRY_LOST_JOBS", "1",
              "Run a job once more, on another instance, when its instance died before the job produced any "
-             "output.", "jobs"),
+             "output. A job pinned with `gpu` runs again only on another instance of that GPU.", "jobs"),
     Variable("RETRY_OUT_OF_MEMORY", "1",
              "After CUDA out of memory, free the instance's memory (/free) and run the job once more.",
              "jobs"),
