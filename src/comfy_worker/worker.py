@@ -38,6 +38,8 @@ from comfy_worker.settings import Settings
 
 log = logging.getLogger("comfy_worker.worker")
 
+ROLLOUT_STOP_WAIT_S = 5.0  # Worker.stop waits this long for the background compile's thread to end
+
 
 class Worker:
     def __init__(self, settings: Settings, gpus: list[Gpu] | None = None, progress_sender: Sender | None = None):
@@ -169,6 +171,9 @@ class Worker:
             self.compile_rollout.stop()
         if self.fleet is not None:
             self.fleet.stop()
+        if self.compile_rollout is not None and not self.compile_rollout.wait(ROLLOUT_STOP_WAIT_S):
+            log.warning("the background compile did not end within %g s of the stop (state %s); its thread is left "
+                        "to end with the process", ROLLOUT_STOP_WAIT_S, self.compile_rollout.state.get("state"))
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -13,15 +13,18 @@ from types import SimpleNamespace
 
 import pytest
 
+from comfy_worker import worker as worker_module
 from comfy_worker.deadline import Deadline
-from comfy_worker.errors import JobTimedOut
+from comfy_worker.errors import InstanceUnavailable, JobTimedOut
 from comfy_worker.fleet.compile_artifact import artifact_key, artifact_path, gpu_slug, write_sidecar
-from comfy_worker.fleet.compiling import primer_fits
+from comfy_worker.fleet.compile_rollout import CompileRollout
+from comfy_worker.fleet.compiling import CompileStatus, primer_fits
 from comfy_worker.fleet.instance import InstanceSpec
 from comfy_worker.fleet.scheduler import Scheduler
 from comfy_worker.jobs.warmup import reseeded
 from comfy_worker.models.files import ModelFile
 from comfy_worker.settings import load_settings
+from comfy_worker.worker import Worker
 
 NODE = Path(__file__).resolve().parents[2] / "src" / "comfyui_nodes" / "comfy_worker_tuning" / "compile_cache.py"
 GIB = 1 << 30
@@ -273,3 +276,73 @@ def test_a_job_waiting_for_a_reserved_instance_ends_at_its_deadline():
         assert loop.run_until_complete(job()) == "ran"
     finally:
         loop.close()
+
+
+class PrimedRollout(CompileRollout):
+    """A rollout whose primer has made its artefact (priming needs a GPU; these tests are about what follows)."""
+
+    def prime(self, first) -> str | None:
+        self.state = {"state": "switching"}
+        return "made-by-the-primer.megacache"
+
+
+def _gpu_instance(client: object = None) -> SimpleNamespace:
+    return SimpleNamespace(label="gpu0", healthy=True, spec=InstanceSpec(0, 0, 8188),
+                           compile=CompileStatus(requested=True), client=client)
+
+
+def test_a_reservation_waiting_for_a_job_ends_when_the_rollout_closes():
+    scheduler = Scheduler([_gpu_instance()])
+    scheduler.metrics[0].running = 1  # a job's lease that never ends: its event loop is gone
+    closing = threading.Event()
+    threading.Timer(0.2, closing.set).start()
+    started = time.monotonic()
+    with pytest.raises(InstanceUnavailable, match="gpu0 was not reserved: the worker stops"), \
+            scheduler.reserved(0, closing):
+        pass
+    assert time.monotonic() - started < 2 and scheduler.load(0) == 1  # released: only the running job counts
+
+
+def test_worker_stop_ends_a_rollout_waiting_for_a_job_that_never_ends_and_waits_for_its_thread():
+    instance = _gpu_instance()
+    scheduler = Scheduler([instance])
+    scheduler.metrics[0].running = 1  # the job's lease never ends: the rollout waits inside `reserved`
+    worker = Worker(load_settings({}))
+    worker.scheduler = scheduler
+    worker.compile_rollout = rollout = PrimedRollout(worker.settings, SimpleNamespace(instances=[instance]),
+                                                     scheduler, lambda i, n: "", 0.0)
+    rollout.start()
+    assert wait_for(lambda: 0 in scheduler._reserved, 5)  # inside `reserved`, waiting for the job
+    started = time.monotonic()
+    worker.stop()
+    assert time.monotonic() - started < 2  # the reservation ended at once, not at the bound
+    assert rollout.wait(0) and rollout.state["state"] == "stopped", rollout.state
+    assert not instance.compile.on and 0 not in scheduler._reserved
+
+
+def test_worker_stop_waits_a_bounded_time_for_a_rollout_that_does_not_end_and_says_so(monkeypatch, caplog):
+    blocked = threading.Event()
+    client = SimpleNamespace(load_compile_artifact=lambda path: blocked.wait(30) and {})  # an artefact load hangs
+    instance = _gpu_instance(client)
+    scheduler = Scheduler([instance])
+    worker = Worker(load_settings({}))
+    worker.compile_rollout = rollout = PrimedRollout(worker.settings, SimpleNamespace(instances=[instance]),
+                                                     scheduler, lambda i, n: "", 0.0)
+    monkeypatch.setattr(worker_module, "ROLLOUT_STOP_WAIT_S", 0.3)
+    rollout.start()
+    assert wait_for(lambda: 0 in scheduler._reserved, 5)
+    try:
+        started = time.monotonic()
+        worker.stop()
+        assert 0.3 <= time.monotonic() - started < 3
+        assert "the background compile did not end within 0.3 s of the stop" in caplog.text
+    finally:
+        blocked.set()
+    assert rollout.wait(5)
+
+
+def wait_for(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()

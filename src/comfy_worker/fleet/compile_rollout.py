@@ -170,7 +170,7 @@ class CompileRollout:
         instance stays uncompiled, when the artefact does not load."""
         index = self.fleet.instances.index(instance)
         started = time.monotonic()
-        with self.scheduler.reserved(index):
+        with self.scheduler.reserved(index, self._closing):
             waited = time.monotonic() - started
             status = instance.compile
             loaded_at = time.monotonic()

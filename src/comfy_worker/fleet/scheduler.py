@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,15 +55,19 @@ class Scheduler:
         return metrics.queue_length + metrics.running + (index in self._reserved)
 
     @contextlib.contextmanager
-    def reserved(self, index: int, poll_s: float = 0.05) -> Iterator[None]:
+    def reserved(self, index: int, closing: threading.Event | None = None, poll_s: float = 0.05) -> Iterator[None]:
         """Holds an instance off jobs from a thread outside the job loop (the switch to a compiled model): it counts
         as busy, so jobs go to other instances; a job already on it finishes first; one that gets it meanwhile
         waits until the reservation ends. (The job raises `running`, then looks at the reservation; this side
-        reserves, then looks at `running`: one of the two always sees the other.)"""
+        reserves, then looks at `running`: one of the two always sees the other.) `closing` set while it waits
+        (the worker stops: a job's lease may never end once the event loop is gone) raises InstanceUnavailable."""
         self._reserved.add(index)
         try:
             while self.metrics[index].running:
-                time.sleep(poll_s)
+                if closing is not None and closing.wait(poll_s):
+                    raise InstanceUnavailable(f"{self.instances[index].label} was not reserved: the worker stops")
+                if closing is None:
+                    time.sleep(poll_s)
             yield
         finally:
             self._reserved.discard(index)
