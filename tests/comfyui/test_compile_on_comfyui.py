@@ -189,3 +189,32 @@ def test_an_instance_that_dies_during_its_switch_stays_uncompiled_and_the_rollou
         assert worker.scheduler.load(0) == 0  # the reservation is released
     finally:
         instance.compile = status
+
+
+def test_an_instance_restarting_when_the_rollout_starts_is_switched_once_it_is_back(worker, tmp_path):
+    """cpu1 was restarting (not healthy) when the rollout began and is back once the primer has made the artefact:
+    the rollout switches it too (here the artefact is unreadable, so each instance tries it and stays uncompiled)."""
+    first, second = worker.fleet.instances
+    statuses = first.compile, second.compile
+    artefact = str(tmp_path / "made-by-the-primer.megacache")
+
+    class PrimedRollout(CompileRollout):
+        def prime(self, first_pending):
+            assert first_pending is first and not second.healthy
+            second.healthy = True  # its restart ended while the primer compiled
+            self.state = {"state": "switching"}
+            return artefact
+
+    rollout = PrimedRollout(dataclasses.replace(worker.settings, torch_compile="inductor"), worker.fleet,
+                            worker.scheduler, worker.warm_up_instance, 0.0)
+    try:
+        first.compile, second.compile = type(statuses[0])(requested=True), type(statuses[1])(requested=True)
+        second.healthy = False  # restarting when the rollout starts
+        rollout.run()
+        tried = {i.label: (i.compile.artifact, i.compile.load.get("error", "")) for i in (first, second)}
+    finally:
+        second.healthy = True
+        first.compile, second.compile = statuses
+    assert rollout.state["state"] == "done", rollout.state
+    assert all(path == artefact and "cannot be read" in error for path, error in tried.values()), tried
+    assert worker.scheduler.load(0) == worker.scheduler.load(1) == 0  # both reservations released

@@ -92,7 +92,7 @@ class CompileRollout:
             artifact = self.prime(pending[0])
             if artifact is None:
                 return
-            for instance in pending:
+            for instance in self.pending():  # read again: an instance restarting before the primer ran is back now
                 if self._closing.is_set():
                     self._stopped()
                     return
