@@ -6,8 +6,8 @@ copies the weights into every process's private RAM (docs/benchmarks); `--highvr
 and runs out of memory when they do not fit. `auto` decides from each job's own model files (`job_vram_choice`):
 `--highvram` where they fit with room for activations, ComfyUI's dynamic loading streamed from the model file
 (`--fast-disk`) where they do not; an instance whose mode does not suit the next job is restarted in the other mode
-before that job (docs/benchmarks/video.md measures what each costs). At start, before any job, an instance takes the warm-up workflow's choice, or
-`--highvram` on a card of 24 GiB or more.
+before that job (docs/benchmarks/video.md measures what each costs). At start, before any job, an instance takes the
+warm-up workflow's choice, or `--highvram` on a card of 24 GiB or more.
 """
 
 from __future__ import annotations
