@@ -161,16 +161,21 @@ class ComfyInstance:
             self.last_exit_code = self._process.poll()
         self.launches += 1
         self.dirs.create()
-        self._stopping = False
         command = build_command(self.spec, self.settings, self.dirs, self.model_paths, self.tuning.flags)
         log.info("[%s] starting ComfyUI on port %d (%s): %s", self.label, self.spec.port, self.tuning.describe(),
                  " ".join(command[1:]))
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.tuning.env)
         cpus = self.tuning.cpu_set.cpus if self.tuning.cpu_set else ()
-        self._process = subprocess.Popen(
-            command, cwd=self.settings.comfyui_dir, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_child_setup(cpus),
-        )
+        try:
+            self._process = subprocess.Popen(
+                command, cwd=self.settings.comfyui_dir, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_child_setup(cpus),
+            )
+        finally:
+            # Only now: until the new process exists, the watcher must not take the old one's exit for a crash
+            # and launch a second process beside this one (a relaunch stops the old one first). A launch that
+            # failed is left to the watcher.
+            self._stopping = False
         threading.Thread(target=self._pump_log, args=(self._process,), name=f"log-{self.label}", daemon=True).start()
 
     def _pump_log(self, process: subprocess.Popen[bytes]) -> None:
