@@ -29,16 +29,12 @@ FLUX_DEV = {"hidden_size": 3072, "num_heads": 24, "depth": 19, "depth_single_blo
 
 def wan_step_flops(size: str, width: int, height: int, frames: int, batch: int = 2,
                    model_type: str = "t2v") -> dict[str, float]:
-    import comfy.ops
     import torch
-    from comfy.ldm.wan.model import WanModel
+    from model_writer import meta_wan
 
     in_dim = 36 if model_type == "i2v" else 16
+    model = meta_wan(model_type, WAN[size], torch.bfloat16)
     with torch.device("meta"):
-        model = WanModel(model_type=model_type, patch_size=(1, 2, 2), text_len=512, in_dim=in_dim, out_dim=16,
-                         freq_dim=256, text_dim=4096, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True,
-                         eps=1e-6, device="meta", dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init,
-                         **WAN[size])
         latent_frames = (frames - 1) // 4 + 1
         x = torch.empty(batch, in_dim, latent_frames, height // 8, width // 8, dtype=torch.bfloat16)
         t = torch.empty(batch, dtype=torch.bfloat16)

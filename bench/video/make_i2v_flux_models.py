@@ -45,7 +45,7 @@ sys.path.insert(0, A.comfy)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ (make_models.py)
 
 import torch  # noqa: E402
-from model_writer import Writer, meta_specs  # noqa: E402
+from model_writer import Writer, meta_specs, meta_wan  # noqa: E402
 
 W = Writer(A.device)
 SETS = [s for s in A.sets.split(",") if s]
@@ -82,19 +82,12 @@ def detected(name: str, specs: list, expect: dict) -> None:
 
 t_all = time.time()
 if "wan14b_i2v" in SETS:
-    from comfy.ldm.wan.model import WanModel
-
     cfg = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2) if A.tiny else \
         dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
     name = f"wan2.1_i2v_480p_14B_fp16_rand{TINY}.safetensors"
     path = todo("diffusion_models", name)
     if path:
-        with torch.device("meta"):
-            m = WanModel(model_type="i2v", patch_size=(1, 2, 2), text_len=512, in_dim=36, out_dim=16, freq_dim=256,
-                         text_dim=4096, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
-                         device="meta", dtype=torch.float16, operations=comfy.ops.disable_weight_init, **cfg)
-        specs = meta_specs(m, torch.float16)
-        del m
+        specs = meta_specs(meta_wan("i2v", cfg, torch.float16), torch.float16)
         detected(name, specs, {"image_model": "wan2.1", "model_type": "i2v", "in_dim": 36, **{
             k: cfg[k] for k in ("dim", "num_layers", "ffn_dim")}})
         if not A.check_only:

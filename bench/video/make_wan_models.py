@@ -36,7 +36,7 @@ A = ap.parse_args()
 sys.path.insert(0, A.comfy)
 
 import torch  # noqa: E402
-from model_writer import Writer, meta_specs  # noqa: E402
+from model_writer import Writer, meta_specs, meta_wan  # noqa: E402
 
 W = Writer(A.device)
 dev = W.dev
@@ -56,7 +56,6 @@ import comfy.model_detection  # noqa: E402
 import comfy.ops  # noqa: E402
 
 # ---------------- Wan 2.1 T2V diffusion models ----------------
-from comfy.ldm.wan.model import WanModel  # noqa: E402
 
 WAN = {
     "1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
@@ -71,12 +70,7 @@ for size in [s for s in A.wan.split(",") if s]:
     if done(path):
         print("exists", path)
         continue
-    with torch.device("meta"):
-        m = WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, out_dim=16, freq_dim=256,
-                     text_dim=4096, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
-                     device="meta", dtype=torch.float16, operations=comfy.ops.disable_weight_init, **cfg)
-    specs = meta_specs(m, torch.float16)
-    del m
+    specs = meta_specs(meta_wan("t2v", cfg, torch.float16), torch.float16)
     # check ComfyUI recognises the key set as Wan 2.1 T2V with these dimensions before writing anything
     fake = {k: torch.empty(s, device="meta") for k, s, _ in specs}
     det = comfy.model_detection.detect_unet_config(fake, "")

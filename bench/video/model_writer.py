@@ -23,6 +23,19 @@ def meta_specs(module: torch.nn.Module, dtype: torch.dtype) -> list[Spec]:
     return [(k, tuple(v.shape), dtype) for k, v in module.state_dict().items()]
 
 
+def meta_wan(model_type: str, dims: dict[str, int], dtype: torch.dtype) -> torch.nn.Module:
+    """A Wan 2.1 diffusion model (t2v: 16 input channels, i2v: 36) built by ComfyUI's own class on the meta device;
+    ComfyUI must be importable. `dims`: dim, ffn_dim, num_heads, num_layers."""
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+
+    with torch.device("meta"):
+        return WanModel(model_type=model_type, patch_size=(1, 2, 2), text_len=512,
+                        in_dim=36 if model_type == "i2v" else 16, out_dim=16, freq_dim=256, text_dim=4096,
+                        window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6, device="meta",
+                        dtype=dtype, operations=comfy.ops.disable_weight_init, **dims)
+
+
 class Writer:
     def __init__(self, device: str, seed: int = 1234) -> None:
         self.dev = torch.device(device if (device != "cuda" or torch.cuda.is_available()) else "cpu")
