@@ -102,8 +102,11 @@ def table(results: dict[str, Any], raw_name: str) -> str:
 
 
 def summary_entries(results: dict[str, Any], raw_name: str) -> dict[str, Any]:
+    """P7 and P7c; none where the fresh start had no artefact to load (its numbers are an uncompiled start)."""
     phases = results["phases"]
-    fresh, no_artifact = phases["fresh_with_artifact"], phases.get("no_artifact", {})
+    fresh, no_artifact = phases.get("fresh_with_artifact", {}), phases.get("no_artifact", {})
+    if not artifact_loaded(fresh):
+        return {}
     common = {"machine": machine(results), "date": results.get("date"), "source": f"raw/{raw_name}",
               "command": results.get("command")}
     return {
@@ -130,10 +133,11 @@ def write(results_path: Path, docs: Path, raw_name: str, accept_dry_run: bool) -
     shutil.copyfile(results_path, docs / "raw" / raw_name)
     (docs / "coldstart.md").write_text(table(results, raw_name))
     entries: dict[str, Any] = {}
-    if (gpu or accept_dry_run) and artifact_loaded(results["phases"].get("fresh_with_artifact", {})):
+    if gpu or accept_dry_run:
+        entries = summary_entries(results, raw_name)
+    if entries:
         summary_path = docs / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        entries = summary_entries(results, raw_name)
         summary.update(entries)
         summary_path.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return entries
