@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfy_worker.errors import InstanceUnavailable
 from comfy_worker.fleet.compile_artifact import ArtifactKey, artifact_key, artifact_path, write_sidecar
-from comfy_worker.fleet.vram import ACTIVATION_HEADROOM_BYTES, GIB, WEIGHT_OVERHEAD, resident_bytes
+from comfy_worker.fleet.vram import GIB, needed_bytes, resident_bytes
 from comfy_worker.models.files import ModelFile
 from comfy_worker.settings import Settings
 
@@ -64,7 +64,7 @@ def primer_fits(vram_bytes: int | None, files: list[ModelFile], instances_on_gpu
     weights = resident_bytes(files)
     if not weights:
         return False, "the warm-up workflow's model files were not found"
-    each = weights * WEIGHT_OVERHEAD + ACTIVATION_HEADROOM_BYTES
+    each = needed_bytes(weights)
     needed = each * (instances_on_gpu + 1)
     summary = f"{instances_on_gpu + 1} × {each / GIB:.1f} GiB of {vram_bytes / GIB:.1f} GiB"
     return vram_bytes >= needed, summary
