@@ -71,6 +71,9 @@ def main() -> None:
     handler = logging.FileHandler(Path(args.out) / "comfyui.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     comfy_log.addHandler(handler)
+    worker_lines = logging.FileHandler(Path(args.out) / "worker.log")  # the rest, unfiltered (stdout is grepped)
+    worker_lines.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(worker_lines)
     bench = Bench(args)
     try:
         if args.plan in ("flags", "smoke"):

@@ -4,16 +4,21 @@ as WARMUP_WORKFLOW, TORCH_COMPILE auto (inductor, reduce-overhead).
     no_artifact             everything wiped, COMPILE_IN_BACKGROUND=1: serves uncompiled at once while the primer
                             compiles beside it and saves the artefact; the first job against an uncompiled steady
                             one, and when the instance switches to compiled
+    prime                   (here only when no_artifact left no artefact, else last if time is left) every cache
+                            folder wiped; `comfy_worker.prime` compiles and saves the artefact
+    fresh_with_artifact     every cache folder wiped except the artefact: load → compiled warm-up → jobs (P7,
+                            P7c), then the stream plan's 20 jobs at once (compiled, the worker's defaults)
+    s_vanilla               the stream plan's vanilla phase, so that the compiled stream has its P8 in the same run
     carried_inductor_cache  no artefact, the inductor/triton caches of the run before left on disk: which cache
                             levels hit (counters, and TORCH_LOGS=+torch._inductor.codecache,recompiles of that
-                            worker's instances, kept in the results and in OUT/codecache.log)
-    fresh_with_artifact     every cache folder wiped except the artefact (the primer's): load → compiled warm-up →
-                            jobs (P7, P7c)
-    prime                   every cache folder wiped; `comfy_worker.prime` compiles and saves the artefact (last:
-                            a second cold compile, run when the deadline leaves room for it)
+                            worker's instances, kept in the results and written to OUT/codecache.log as they come)
 
-The order puts the goals first: two cold compiles (~170 s each on an H100) do not fit one 9-minute device call
-with everything else, and the primer of `no_artifact` makes the artefact the later phases use.
+That is the order without --phases; with it, the phases named run in the order named (e.g. on a new machine that
+carries the artefact and the caches of an earlier run in: carried_inductor_cache,fresh_with_artifact).
+
+The order puts the goals first: a cold compile takes about 170 s (H100) to well over 130 s (H200), so two do not
+fit one 9-minute device call with everything else, and the primer of `no_artifact` makes the artefact the later
+phases use.
 A "fresh machine" here is every cache folder wiped except the artefact, on the same machine (page cache kept).
 On a CPU dry run (--cpu) nothing is compiled (CPU instances never are): every phase still runs end to end.
 """
@@ -36,14 +41,16 @@ from runner import Bench, median
 
 from comfy_worker.prime import PrimeError, prime
 from comfy_worker.worker import Worker
-from plans.stream import busy_summary
+from plans.stream import NEEDS_S, WARM_JOBS, busy_summary, vanilla_stream
 
 log = logging.getLogger("bench")
 
 CODECACHE_LINE = re.compile(r"cache (hit|miss|bypass)|FxGraphCache|AOTAutogradCache|recompil|autotune", re.I)
 KEPT_LOG_LINES = 300
-LEAVE_FOR_LATER_PHASES_S = 150  # no_artifact waits for the switch to compiled until this much of the deadline is left
+LEAVE_FOR_LATER_PHASES_S = 200  # no_artifact waits for the switch to compiled until this much of the deadline is left
 LEAVE_FOR_FRESH_ONLY_S = 80  # the same when only fresh_with_artifact follows (--phases)
+PRIME_NEEDS_S = 200
+CPU_VANILLA_JOBS = 2
 JOBS_AFTER_FIRST = 3
 STREAM_JOBS = 20  # the stream plan's length
 COMPILED_SPEED = 0.95  # a job runs "at compiled speed" at ≥ 95 % of the steady compiled it/s
@@ -54,10 +61,26 @@ def plan_coldstart(bench: Bench) -> None:
     warmup = json.dumps(bench.workflow("sdxl"))
     env = {"WARMUP_WORKFLOW": warmup, "COMPILE_ARTIFACT_DIR": str(artifact_dir(bench)),
            "COMFY_NUM_GPUS": "0" if bench.args.cpu else "1", "COMFY_CPU_INSTANCES": "1"}
-    bench.phase("no_artifact", 60, phase_no_artifact, bench, env)
-    bench.phase("carried_inductor_cache", 60, phase_carried, bench, env)
-    bench.phase("fresh_with_artifact", 50, phase_fresh, bench, env)
-    bench.phase("prime", 200, phase_prime, bench, env)
+    vanilla_jobs, vanilla_warm = (CPU_VANILLA_JOBS, 1) if bench.args.cpu else (STREAM_JOBS, WARM_JOBS)
+    phases = {
+        "no_artifact": lambda: bench.phase("no_artifact", 60, phase_no_artifact, bench, env),
+        "prime": lambda: bench.phase("prime", PRIME_NEEDS_S, phase_prime, bench, env),
+        "fresh_with_artifact": lambda: bench.phase("fresh_with_artifact", 50, phase_fresh, bench, env),
+        "carried_inductor_cache": lambda: bench.phase("carried_inductor_cache", 60, phase_carried, bench, env),
+        "s_vanilla": lambda: bench.phase("s_vanilla", NEEDS_S["vanilla"], vanilla_stream, bench, "s_vanilla",
+                                         vanilla_jobs, vanilla_warm),
+    }
+    if bench.args.phases:  # the order given (a machine that carries an artefact or a cache in runs those first)
+        for name in bench.args.phases.split(","):
+            phases[name]()
+        return
+    phases["no_artifact"]()
+    if not any(artifact_dir(bench).rglob("*.megacache")):
+        phases["prime"]()
+    for name in ("fresh_with_artifact", "s_vanilla", "carried_inductor_cache"):
+        phases[name]()
+    if "prime" not in bench.results["phases"]:
+        phases["prime"]()
 
 
 def artifact_dir(bench: Bench) -> Path:
@@ -94,7 +117,7 @@ def phase_carried(bench: Bench, env: dict[str, str]) -> None:
     """No artefact; the inductor and triton caches of the prime phase on disk; compile in the warm-up (as before),
     with the code-cache log of that worker's instances."""
     lines: list[str] = []
-    handler = _LineCollector(lines)
+    handler = _LineCollector(lines, bench.out / "codecache.log")
     comfy_log = logging.getLogger("comfy_worker.comfyui")
     comfy_log.addHandler(handler)
     previous = os.environ.get("TORCH_LOGS")
@@ -108,7 +131,6 @@ def phase_carried(bench: Bench, env: dict[str, str]) -> None:
             os.environ.pop("TORCH_LOGS", None)
         else:
             os.environ["TORCH_LOGS"] = previous
-    (bench.out / "codecache.log").write_text("\n".join(lines) + "\n")
     run["codecache_lines"] = lines[:KEPT_LOG_LINES]
     run["codecache_counts"] = {kind: sum(kind in line.lower() for line in lines)
                                for kind in ("cache hit", "cache miss", "cache bypass", "recompil")}
@@ -209,11 +231,18 @@ def speeds(jobs: list[dict[str, Any]], compiled_jobs: list[dict[str, Any]] | Non
 
 
 class _LineCollector(logging.Handler):
-    def __init__(self, lines: list[str]) -> None:
+    """Keeps the code-cache lines and appends each to a file at once (a phase cut short by the call's limit still
+    leaves them)."""
+
+    def __init__(self, lines: list[str], path: Path) -> None:
         super().__init__()
         self.lines = lines
+        self.path = path
+        path.write_text("")
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if CODECACHE_LINE.search(message):
             self.lines.append(message[:500])
+            with self.path.open("a") as file:
+                file.write(message[:500] + "\n")

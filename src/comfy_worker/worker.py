@@ -36,6 +36,11 @@ from comfy_worker.models.prefetch import Prefetcher
 from comfy_worker.redaction import redact_text
 from comfy_worker.settings import Settings
 
+# A warm-up may compile (minutes; ComfyUI's server can go unanswered meanwhile): its polls wait this long before
+# the instance counts as gone; the job-wide deadline (JOB_TIMEOUT_S) still bounds the whole warm-up.
+WARMUP_POLL_TIMEOUT_S = 300.0
+WARMUP_ERROR_CHARS = 300
+
 log = logging.getLogger("comfy_worker.worker")
 
 ROLLOUT_STOP_WAIT_S = 5.0  # Worker.stop waits this long for the background compile's thread to end
@@ -137,24 +142,30 @@ class Worker:
 
     def warm_up_instance(self, instance: ComfyInstance, new_seeds: bool) -> str:
         """Runs the warm-up workflow on one instance (the compile primer, an instance switched to compiled);
-        `new_seeds` makes its samplers run again where ComfyUI would answer from its cache."""
+        `new_seeds` makes its samplers run again where ComfyUI would answer from its cache. Raises the warm-up's
+        WorkerError."""
         workflow = load_warmup_workflow(self.settings.warmup_workflow)
         if workflow is None:
             return "no warm-up workflow"
-        return self._warm_up_one(instance, parse_job_input({"workflow": reseeded(workflow) if new_seeds else workflow}))
+        return self._run_warm_up(instance, parse_job_input({"workflow": reseeded(workflow) if new_seeds else workflow}))
 
     def _warm_up_one(self, instance: ComfyInstance, request: JobRequest) -> str:
+        """The warm-up of one of the instances started together: a failure is logged and said, never raised."""
+        try:
+            return self._run_warm_up(instance, request)
+        except (WorkerError, JobCancelled) as error:
+            JobLog("warmup").error("[%s] warm-up failed: %s", instance.label, error)
+            return f"{instance.label} failed: {str(error)[:WARMUP_ERROR_CHARS]}"
+
+    def _run_warm_up(self, instance: ComfyInstance, request: JobRequest) -> str:
         assert self.runner is not None and self.scheduler is not None
         job_log = JobLog("warmup")
         job_log.instance = instance.label
         started = time.monotonic()
         ctx = JobContext({}, request, job_log, started, Deadline.after(self.settings.job_timeout_s, started),
                          progress=ProgressReporter({}, instance.label, 1e9, None), instance=instance)
-        try:
+        with instance.client.patient(WARMUP_POLL_TIMEOUT_S):
             self.runner.on_instance.run(ctx)
-        except (WorkerError, JobCancelled) as error:
-            job_log.error("warm-up failed: %s", error)
-            return f"{instance.label} failed"
         if self.fleet is not None and instance in self.fleet.instances:  # not the compile primer
             self.scheduler.remember_models(instance.spec.index, models_in(request.workflow))
         return f"{instance.label} {time.monotonic() - started:.1f} s"

@@ -147,6 +147,28 @@ def test_the_primer_runs_the_warmup_in_a_process_of_its_own_and_ends(worker):
     assert not any((worker.settings.work_dir / "primer" / "output").rglob("*.png"))  # removed like a job's outputs
 
 
+def test_a_primer_whose_warmup_fails_says_why_and_is_stopped(worker):
+    """The primer's warm-up failed (here ComfyUI refuses the workflow): the rollout's state names the failure and
+    keeps the primer's last log lines, the primer is stopped, the instances serve on."""
+    settings = dataclasses.replace(worker.settings, torch_compile="inductor")
+    pids = []
+
+    def warm_up(primer, new_seeds):
+        pids.append(primer.pid)
+        return worker._run_warm_up(primer, parse_job_input({"workflow": {"1": {"class_type": "NoSuchNode",
+                                                                               "inputs": {}}}}))
+
+    rollout = CompileRollout(settings, worker.fleet, worker.scheduler, warm_up, 0.0)
+    assert rollout.run_primer(worker.fleet.instances[0]) is None
+    assert rollout.state["state"] == "uncompiled", rollout.state
+    reason = rollout.state["reason"]
+    assert reason.startswith("the primer's warm-up failed: ") and "NoSuchNode" in reason
+    assert "invalid prompt" in rollout.state["log_tail"]  # the primer's own last lines
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+    assert all(i.healthy for i in worker.fleet.instances)
+
+
 def test_a_stop_while_the_primer_runs_kills_it_and_is_reported_as_a_stop_not_a_failure(worker):
     """The worker stopped while its primer compiled (as on a GPU, where priming takes minutes): the primer is killed
     at once and the rollout says it was stopped, not that the primer failed."""

@@ -256,6 +256,30 @@ def test_the_coldstart_report_takes_p_numbers_from_a_gpu_run_only(tmp_path):
         writer.write(results, writer.DOCS, "dry.json", accept_dry_run=True)
 
 
+def test_the_compiled_stream_gives_p8_against_the_same_runs_vanilla_and_only_when_every_job_answered(tmp_path):
+    writer = report_writer()
+    stream = {"jobs": 20, "ok": 20, "images_per_min": 70.0, "busy_pct_stream": 93.1, "instances": ["gpu0", "gpu0.1"]}
+    fresh = {**run_record(21.5, [20.0, 25.0, 25.2, 25.1], True), "p7c_s": 23.5, "steady_its": 25.1, "stream": stream,
+             "compile": {"instances": {"gpu0": {"artifact_loaded": True}}}}
+    vanilla = {"images_per_min": 17.5, "failed": 0, "busy_pct_stream": 29.0}
+    run = {"machine": {"gpus": ["NVIDIA H200"], "cpus": 16, "torch": "2.11.0"}, "args": {"cpu": False},
+           "date": "2026-12-03", "command": "bench/bench.py --plan coldstart",
+           "phases": {"fresh_with_artifact": fresh, "s_vanilla": vanilla}}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(run))
+    entries = writer.write(results, tmp_path / "docs", "h200_coldstart.json", accept_dry_run=False)
+    assert entries["P8"]["value"] == 4.0 and entries["P5b"]["value"] == 93.1 and "2 instances" in entries["P8"]["what"]
+    assert "| worker, 2 instance(s), compiled from the artefact | 70.0 | 93.1 | **4.0** |" in (
+        tmp_path / "docs" / "coldstart.md").read_text()
+
+    one_failed = {**run, "phases": {**run["phases"], "fresh_with_artifact": {**fresh, "stream": {**stream, "ok": 19}}}}
+    results.write_text(json.dumps(one_failed))
+    assert "P8" not in writer.write(results, tmp_path / "failed", "failed.json", accept_dry_run=False)
+    no_vanilla = {**run, "phases": {"fresh_with_artifact": fresh}}
+    results.write_text(json.dumps(no_vanilla))
+    assert "P8" not in writer.write(results, tmp_path / "alone", "alone.json", accept_dry_run=False)
+
+
 def test_a_job_waiting_for_a_reserved_instance_ends_at_its_deadline():
     """On a one-instance worker a job that gets the instance while it switches to compiled waits, but not past its
     own deadline: it gets the timeout error naming the switch, and the queue goes on without it."""

@@ -236,3 +236,17 @@ def test_a_job_with_a_deadline_stops_waiting_in_the_queue():
                     pass
 
     asyncio.run(scenario())
+
+
+def test_a_patient_client_waits_longer_only_inside_the_block_and_never_less_than_usual():
+    from comfy_worker.comfy.client import ComfyClient
+
+    client = ComfyClient("http://127.0.0.1:1", "gpu0", poll_timeout_s=30)
+    with client.patient(300):
+        assert client.poll_timeout_s == 300
+    assert client.poll_timeout_s == 30
+    with client.patient(5):
+        assert client.poll_timeout_s == 30
+    with pytest.raises(RuntimeError), client.patient(300):
+        raise RuntimeError("the warm-up failed")
+    assert client.poll_timeout_s == 30

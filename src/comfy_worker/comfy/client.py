@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -20,6 +22,17 @@ class ComfyClient:
         self.poll_timeout_s = poll_timeout_s
         self._session = requests.Session()
         self._api_node_known: dict[str, bool] = {}
+
+    @contextlib.contextmanager
+    def patient(self, poll_timeout_s: float) -> Iterator[None]:
+        """Polls wait up to `poll_timeout_s` meanwhile (never less than usual): a ComfyUI compiling a model can leave
+        its server unanswered for longer than a hung-instance check allows."""
+        usual = self.poll_timeout_s
+        self.poll_timeout_s = max(usual, poll_timeout_s)
+        try:
+            yield
+        finally:
+            self.poll_timeout_s = usual
 
     @property
     def websocket_url(self) -> str:

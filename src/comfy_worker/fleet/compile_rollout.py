@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from comfy_worker.errors import InstanceUnavailable
+from comfy_worker.errors import InstanceUnavailable, WorkerError
 from comfy_worker.fleet.compiling import primer_fits
 from comfy_worker.fleet.fleet import Fleet
 from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec
@@ -31,7 +31,9 @@ from comfy_worker.settings import Settings
 
 log = logging.getLogger("comfy_worker.compile")
 
-WarmUp = Callable[[ComfyInstance, bool], str]  # runs the warm-up workflow on an instance (reseeded: True)
+# runs the warm-up workflow on an instance (reseeded: True); raises its WorkerError
+WarmUp = Callable[[ComfyInstance, bool], str]
+PRIMER_LOG_LINES = 20  # kept in the state when the primer fails
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,17 @@ class CompileRollout:
             request = node_request(self.settings, on_gpu=True)
             primer.switches = primer.client.apply_tuning(request)
             primer.compile.requested = primer.compile.on = True
-            outcome = self.warm_up(primer, False)
+            try:
+                outcome = self.warm_up(primer, False)
+            except WorkerError as error:
+                if self._closing.is_set():  # stop() killed the primer under its warm-up
+                    self._stopped()
+                    return None
+                ended = "" if primer.is_alive() else f" (ComfyUI exited with code {primer.exit_code()})"
+                self.state.update(state="uncompiled", reason=f"the primer's warm-up failed{ended}: {error}",
+                                  log_tail=primer.log_tail(PRIMER_LOG_LINES))
+                log.warning("the compile primer's warm-up failed%s; the instances serve uncompiled: %s", ended, error)
+                return None
             saved = self.fleet.artifacts.save_from(primer, request["compile"])
             self.state.update(primer_s=round(time.monotonic() - started, 1), warm_up=outcome,
                               report=primer.client.compile_report(), saved=saved)
@@ -189,7 +201,7 @@ class CompileRollout:
                 status.on = True
                 outcome = self.warm_up(instance, True)
                 status.report = instance.client.compile_report()
-            except InstanceUnavailable as error:  # it died meanwhile: the watcher restarts it, the rollout goes on
+            except WorkerError as error:  # it died meanwhile (the watcher restarts it) or its warm-up failed
                 log.warning("[%s] the switch to compiled was given up: %s", instance.label, error)
                 return False
             status.compiled_at_s = round(time.monotonic() - self.started_at, 1)
