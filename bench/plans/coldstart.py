@@ -9,8 +9,6 @@ as WARMUP_WORKFLOW, TORCH_COMPILE auto (inductor, reduce-overhead).
     fresh_with_artifact     every cache folder wiped except the artefact: load → compiled warm-up → jobs (P7,
                             P7c), then the stream plan's 20 jobs at once (compiled, the worker's defaults)
     s_vanilla               the stream plan's vanilla phase, so that the compiled stream has its P8 in the same run
-    prime_precompile,       only with --phases: the same two with COMPILE_PRECOMPILE=1 (Dynamo's traced code in the
-    fresh_precompile        artefact too; the fresh start without the stream)
     carried_inductor_cache  no artefact, the inductor/triton caches of the run before left on disk: which cache
                             levels hit (counters, and TORCH_LOGS=+torch._inductor.codecache,recompiles of that
                             worker's instances, kept in the results and written to OUT/codecache.log as they come)
@@ -63,17 +61,12 @@ def plan_coldstart(bench: Bench) -> None:
     warmup = json.dumps(bench.workflow("sdxl"))
     env = {"WARMUP_WORKFLOW": warmup, "COMPILE_ARTIFACT_DIR": str(artifact_dir(bench)),
            "COMFY_NUM_GPUS": "0" if bench.args.cpu else "1", "COMFY_CPU_INSTANCES": "1"}
-    precompiled = {**env, "COMPILE_PRECOMPILE": "1"}
     vanilla_jobs, vanilla_warm = (CPU_VANILLA_JOBS, 1) if bench.args.cpu else (STREAM_JOBS, WARM_JOBS)
     phases = {
         "no_artifact": lambda: bench.phase("no_artifact", 60, phase_no_artifact, bench, env),
         "prime": lambda: bench.phase("prime", PRIME_NEEDS_S, phase_prime, bench, env),
         "fresh_with_artifact": lambda: bench.phase("fresh_with_artifact", 50, phase_fresh, bench, env),
         "carried_inductor_cache": lambda: bench.phase("carried_inductor_cache", 60, phase_carried, bench, env),
-        "prime_precompile": lambda: bench.phase("prime_precompile", PRIME_NEEDS_S, phase_prime, bench, precompiled,
-                                                "prime_precompile"),
-        "fresh_precompile": lambda: bench.phase("fresh_precompile", 50, phase_fresh, bench, precompiled,
-                                                "fresh_precompile", 0),
         "s_vanilla": lambda: bench.phase("s_vanilla", NEEDS_S["vanilla"], vanilla_stream, bench, "s_vanilla",
                                          vanilla_jobs, vanilla_warm),
     }
@@ -109,16 +102,15 @@ def wipe(bench: Bench, keep_artifacts: bool) -> list[str]:
     return [str(folder) for folder in wiped]
 
 
-def phase_prime(bench: Bench, env: dict[str, str], name: str = "prime") -> None:
-    """A cold compile that saves the artefact; `prime_precompile` keeps the other artefacts (its key differs)."""
-    wiped = wipe(bench, keep_artifacts=name != "prime")
+def phase_prime(bench: Bench, env: dict[str, str]) -> None:
+    wiped = wipe(bench, keep_artifacts=False)
     started = time.monotonic()
     try:
         summary: dict[str, Any] = prime(bench.settings(**env))
     except PrimeError as error:
         summary = {"skipped": str(error)}
-    bench.record(name, {"wiped": wiped, "seconds": round(time.monotonic() - started, 2), **summary,
-                        "artifact_bytes": sum(a.get("bytes") or 0 for a in summary.get("artifacts", []))})
+    bench.record("prime", {"wiped": wiped, "seconds": round(time.monotonic() - started, 2), **summary,
+                           "artifact_bytes": sum(a.get("bytes") or 0 for a in summary.get("artifacts", []))})
 
 
 def phase_carried(bench: Bench, env: dict[str, str]) -> None:
@@ -145,11 +137,10 @@ def phase_carried(bench: Bench, env: dict[str, str]) -> None:
     bench.record("carried_inductor_cache", run)
 
 
-def phase_fresh(bench: Bench, env: dict[str, str], name: str = "fresh_with_artifact", stream_jobs: int = STREAM_JOBS
-                ) -> None:
+def phase_fresh(bench: Bench, env: dict[str, str]) -> None:
     wiped = wipe(bench, keep_artifacts=True)
-    run = start_and_serve(bench, env, stream_jobs=stream_jobs)
-    bench.record(name, {"wiped": wiped, **run})
+    run = start_and_serve(bench, env, stream_jobs=STREAM_JOBS)
+    bench.record("fresh_with_artifact", {"wiped": wiped, **run})
 
 
 def phase_no_artifact(bench: Bench, env: dict[str, str]) -> None:

@@ -90,21 +90,6 @@ def test_an_instance_is_switched_to_compiled_and_reports_it_and_a_bad_artefact_l
         assert switches.get("compile") is None  # the shared instance is back as the other tests expect it
 
 
-def test_the_node_turns_dynamos_caching_precompile_on_and_off_with_the_compile_request(worker):
-    """COMPILE_PRECOMPILE reaches the instance: the node sets torch._dynamo.config.caching_precompile (read when a
-    model is wrapped and when the artefact is saved) and says so; a request without it turns it off again."""
-    instance = worker.fleet.instances[1]
-    try:
-        state = instance.client.apply_tuning({"compile": {"backend": "inductor", "mode": None, "precompile": True}})
-        assert "✓ Enabled torch.compile of diffusion models on load (backend inductor, mode default, caching " \
-            "precompile)" in state["applied"]
-        assert state["torch"]["caching_precompile"] is True
-        state = instance.client.apply_tuning({"compile": {"backend": "inductor", "mode": None}})
-        assert state["torch"]["caching_precompile"] is False
-    finally:
-        instance.switches = instance.client.apply_tuning({"tf32": False, "cudnn_benchmark": False, "compile": None})
-
-
 def test_prime_needs_a_warmup_workflow_and_a_gpu(comfyui_dir, tmp_path):
     with pytest.raises(PrimeError, match="WARMUP_WORKFLOW is not set"):
         prime(load_settings(worker_env(comfyui_dir, tmp_path, instances=1)))

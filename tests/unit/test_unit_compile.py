@@ -50,32 +50,9 @@ def test_the_artefact_key_changes_with_every_field_that_changes_compiled_code():
         artifact_key(ENV, OPTIONS, True, files),
         artifact_key(ENV, OPTIONS, False, [*files, model("vae.safetensors", 100)]),
         artifact_key(ENV, OPTIONS, False, [model("sdxl_unet.safetensors", 5 * GIB + 1, True), files[1]]),
-        artifact_key(ENV, {**OPTIONS, "precompile": True}, False, files),
     ]
     assert len({v.digest for v in variants} | {key.digest}) == len(variants) + 1
     assert artifact_key({**ENV, "gpu_name": None}, OPTIONS, False, files) is None  # a CPU instance
-
-
-def test_keys_without_precompile_keep_the_digest_they_had_before_the_field_existed():
-    """Artefacts already on volumes were saved under digests of the key without `precompile`."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    key = artifact_key(ENV, OPTIONS, False, [model("sdxl_unet.safetensors", 5 * GIB, True)])
-    before = {name: value for name, value in asdict(key).items() if name != "precompile"}
-    assert key.digest == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def test_compile_precompile_asks_the_node_for_dynamos_caching_precompile():
-    from comfy_worker.fleet.tuning import node_request
-
-    compiled = {"TORCH_COMPILE": "inductor", "COMFY_CUDA_MALLOC": "native"}
-    assert "precompile" not in node_request(load_settings(compiled), on_gpu=True)["compile"]
-    precompiled = load_settings({**compiled, "COMPILE_PRECOMPILE": "1"})
-    assert node_request(precompiled, on_gpu=True)["compile"] == {"backend": "inductor", "mode": "reduce-overhead",
-                                                                 "precompile": True}
-    assert node_request(precompiled, on_gpu=False)["compile"] is None
 
 
 def test_the_artefact_lives_under_its_gpu_type_with_a_sidecar_naming_the_key(tmp_path):

@@ -37,14 +37,10 @@ class ArtifactKey:
     mode: str
     tf32: bool
     models: tuple[tuple[str, int], ...]  # the warm-up workflow's model files: (name, bytes), sorted
-    precompile: bool = False  # Dynamo's traced code cached too (COMPILE_PRECOMPILE)
 
     @property
     def digest(self) -> str:
-        fields = asdict(self)
-        if not self.precompile:  # keys made before the field existed keep their digest
-            del fields["precompile"]
-        text = json.dumps(fields, sort_keys=True)
+        text = json.dumps(asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -72,7 +68,6 @@ def artifact_key(environment: dict[str, Any], compile_options: dict[str, Any], t
         cuda=str(environment.get("cuda")), triton=str(environment.get("triton")),
         comfyui=str(environment.get("comfyui")), backend=str(compile_options.get("backend")),
         mode=str(compile_options.get("mode") or "default"), tf32=tf32, models=models,
-        precompile=bool(compile_options.get("precompile")),
     )
 
 

@@ -123,8 +123,6 @@ def node_request(settings: Settings, on_gpu: bool) -> dict[str, Any]:
                         "CUDA graphs")
             mode = None
         compile_options = {"backend": settings.torch_compile, "mode": mode}
-        if settings.compile_precompile:
-            compile_options["precompile"] = True
     return {"tf32": settings.tf32, "cudnn_benchmark": settings.cudnn_benchmark, "compile": compile_options,
             "png_compress_level": settings.png_compress_level}
 

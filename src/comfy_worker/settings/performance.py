@@ -47,11 +47,6 @@ PERFORMANCE = (
              "With compile on and no artefact: 1 serves uncompiled at once while a one-off primer process on GPU 0 "
              "compiles and saves the artefact, then each idle instance loads it and switches to compiled; 0 "
              "compiles during the warm-up, before the first job.", "performance"),
-    Variable("COMPILE_PRECOMPILE", "0",
-             "1: the artefact also holds Dynamo's traced code (PyTorch's experimental caching precompile, "
-             "torch._dynamo.config.caching_precompile), so an instance that loads it skips tracing the model; "
-             "artefacts made with and without it are kept apart. Off until its start-up gain is measured "
-             "(docs/benchmarks/coldstart.md).", "performance"),
     Variable("MODEL_PREFETCH_THREADS", "8",
              "Readers that load a job's model files into the page cache as soon as the job arrives (and the "
              "warm-up workflow's at start), so ComfyUI finds them cached; 0 turns read-ahead off.", "performance"),
@@ -84,7 +79,6 @@ class PerformanceSettings:
     compile_cache_dir: Path
     compile_artifact_dir: Path
     compile_in_background: bool
-    compile_precompile: bool
     warmup_workflow: str
     prefetch_threads: int
     gpu_busy_sample_ms: int
@@ -107,7 +101,6 @@ class PerformanceSettings:
             compile_cache_dir=compile_cache_dir,
             compile_artifact_dir=Path(artifact_dir).expanduser() if artifact_dir else compile_cache_dir / "artifacts",
             compile_in_background=env.flag("COMPILE_IN_BACKGROUND", True),
-            compile_precompile=env.flag("COMPILE_PRECOMPILE", False),
             warmup_workflow=env.raw("WARMUP_WORKFLOW"),
             prefetch_threads=env.integer("MODEL_PREFETCH_THREADS", 8),
             gpu_busy_sample_ms=env.integer("GPU_BUSY_SAMPLE_MS", 100),

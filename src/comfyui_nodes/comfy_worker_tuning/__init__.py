@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import time
 import weakref
 
@@ -53,8 +52,6 @@ def _torch_state() -> dict:
         "allocator": torch.cuda.get_allocator_backend() if torch.cuda.is_available() else "cpu",
         "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
         "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""),
-        # read without importing Dynamo (seconds) where nothing compiles
-        "caching_precompile": bool(getattr(sys.modules.get("torch._dynamo.config"), "caching_precompile", False)),
     }
 
 
@@ -75,12 +72,8 @@ def apply(request: dict) -> dict:
     compile_options = request.get("compile") or None
     STATE.update(tf32=tf32, cudnn_benchmark=benchmark, compile=compile_options)
     if compile_options:
-        import torch._dynamo.config as dynamo_config
-
-        precompile = bool(compile_options.get("precompile"))
-        dynamo_config.caching_precompile = precompile  # read when torch.compile wraps a model, and on save
         _report(f"✓ Enabled torch.compile of diffusion models on load (backend {compile_options.get('backend')}, "
-                f"mode {compile_options.get('mode') or 'default'}{', caching precompile' if precompile else ''})")
+                f"mode {compile_options.get('mode') or 'default'})")
         wrapped = sum(1 for patcher in list(LOADED) if not _is_compiled(patcher) and _compile(patcher) is patcher)
         if wrapped:
             _report(f"✓ torch.compile wrapper set on {wrapped} loaded model(s)")
