@@ -74,7 +74,13 @@ def table(results: dict[str, Any], raw_name: str) -> str:
                      f"{row.get('startup', {}).get('warmup')} |")
     prime = phases.get("prime", {})
     lines += ["", "## The artefact", ""]
-    if prime.get("skipped") or not prime:
+    primer = ((phases.get("no_artifact") or {}).get("compile") or {}).get("rollout") or {}
+    if primer.get("saved", {}).get("saved") and not prime:
+        saved = primer["saved"]
+        lines.append(f"Made by the background primer of `no_artifact` in {primer.get('primer_s')} s (its warm-up "
+                     f"{primer.get('warm_up')}): {saved.get('bytes')} bytes, entries {saved.get('entries')}, saved in "
+                     f"{saved.get('seconds')} s.")
+    elif prime.get("skipped") or not prime:
         lines.append(f"Not made: {prime.get('skipped', 'the prime phase did not run')}.")
     else:
         lines.append(f"`python -m comfy_worker.prime` took {prime.get('seconds')} s from wiped caches and saved "
@@ -164,7 +170,8 @@ def write(results_path: Path, docs: Path, raw_name: str, accept_dry_run: bool) -
     if not gpu and docs.resolve() == DOCS.resolve():
         raise SystemExit("a CPU dry run is not written into docs/benchmarks: give --docs another folder")
     (docs / "raw").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(results_path, docs / "raw" / raw_name)
+    if results_path.resolve() != (docs / "raw" / raw_name).resolve():  # regenerating from the kept raw file
+        shutil.copyfile(results_path, docs / "raw" / raw_name)
     (docs / "coldstart.md").write_text(table(results, raw_name))
     entries: dict[str, Any] = {}
     if gpu or accept_dry_run:
