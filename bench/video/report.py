@@ -1,6 +1,7 @@
 """The video benchmark's table, goals and plot from its raw results (docs/benchmarks/raw/h200_video_*.json).
 
     python bench/video/report.py   (needs matplotlib: pip install -r bench/requirements.txt)
+    python bench/video/report.py --stream RAW.json   (only the stream configurations' table of one results file)
 
 Writes docs/benchmarks/video_wan14b.png and the V1–V6 entries of docs/benchmarks/summary.json; prints the table.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,27 @@ def steps(config: dict[str, Any]) -> float:
     return statistics.median(j["s_per_step"] for j in config["jobs"] if j.get("s_per_step"))
 
 
+def stream_table(results: dict[str, Any]) -> str:
+    """The stream configurations of one results file (video_bench.py's stream_summary) as a Markdown table."""
+    summary = results.get("stream_summary") or {}
+    unit = summary.get("unit") or "videos"
+    lines = [f"| configuration | {unit}/hour | ratio to VS | GPU busy % | ok / jobs | wall s | jobs per instance |",
+             "|---|---|---|---|---|---|---|"]
+    for name, rate in summary.get("videos_per_hour", {}).items():
+        config = results["configs"][name]
+        busy = summary["busy_pct"].get(name)
+        lines.append(f"| {name} | {rate} | {summary['ratio_to_VS'].get(name, '—')} | "
+                     f"{'—' if busy is None else busy} | {config['ok']} / {config['stream_jobs']} | "
+                     f"{config['wall_s']} | {config['per_instance']} |")
+    lines.append(f"\nbest worker configuration: {summary.get('best_worker')}, "
+                 f"{summary.get('best_worker_to_VS')} × VS" + (f" ({summary['note']})" if summary.get("note") else ""))
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--stream"]:
+        print(stream_table(json.loads(Path(sys.argv[2]).read_text())))
+        return
     a, b, v4 = load("h200_video_a.json"), load("h200_video_b.json"), load("h200_video_v4_24gib.json")
     flops = json.loads((RAW / "wan_flops.json").read_text())["wan14b_832x480x81"]
     tflop = flops["tflop_per_step"]

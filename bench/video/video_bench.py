@@ -4,13 +4,16 @@ sampler step by the probe node.
 
     python bench/video/video_bench.py --comfy DIR --models DIR --fe DIR --out DIR --work DIR \
         --workload wan14b|wan14b_i2v|flux12b|wan1.3b|sdxl --frames 81 --steps 4 --plan V,W,WF8 \
-        [--width W --height H] [--jobs 2] [--tag NAME] [--disk-read] [--deadline S]
+        [--width W --height H] [--jobs 2] [--stream-jobs 8] [--tag NAME] [--disk-read] [--deadline S]
 
 Configurations (CONFIGS): V vanilla ComfyUI defaults, jobs posted straight to it; W the worker with its defaults
 (comfy_worker.worker.Worker.handle, the handler's only call); WF8 the worker with the workflow's UNETLoader set to
 fp8_e4m3fn_fast (the lossy fp8 opt-in); *24 the same on a 24 GiB card (a ballast process holds the rest of the
 GPU, and the worker is told the card has 24 GiB); W24N/W24D/W24H force COMFY_VRAM_MODE normal/dynamic/high;
 W24F adds ComfyUI's --fast-disk (dynamic loading offloads to the disk-backed file, not private RAM).
+Stream configurations (stream.py): VS vanilla, WS the worker, WS2 the worker with INSTANCES_PER_GPU=2; after one
+warm-up job per instance, --stream-jobs jobs submitted at once; videos per hour, each job's finish time and
+instance, GPU busy % over the stream, every output read back; `stream_summary` in the results compares them.
 A configuration marked cold starts with the workload's model files evicted from the page cache, so its first job
 is a cold start from disk. The second job of each configuration profiles its last sampler step (kernels, bytes
 copied host → GPU). Results: OUT/video_<tag>.json, written as each configuration ends.
@@ -38,6 +41,8 @@ sys.path.insert(0, str(HERE.parents[1] / "src"))
 sys.path.insert(0, str(HERE))
 
 from host_probes import Ballast, GpuSampler, disk_read_rates, evict, meminfo_used_mib, process_memory_mib  # noqa: E402
+from outputs import check_video  # noqa: E402
+from stream import STREAM_CONFIGS, run_stream, stream_summary  # noqa: E402
 from workflows import INPUT_IMAGE, WORKLOADS, start_image_png, workflow  # noqa: E402
 
 from comfy_worker.fleet.gpus import Gpu, detect_gpus  # noqa: E402
@@ -56,6 +61,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "W24D": {"base": "worker", "ballast": 24, "env": {"COMFY_VRAM_MODE": "dynamic"}},
     "W24H": {"base": "worker", "ballast": 24, "env": {"COMFY_VRAM_MODE": "high"}},
     "W24F": {"base": "worker", "ballast": 24, "extra_args": "--fast-disk"},
+    **STREAM_CONFIGS,
 }
 ALLOC_CONF = "max_split_size_mb:512"  # what start.sh exports for the worker
 
@@ -115,6 +121,8 @@ class Run:
         if vanilla:  # ComfyUI's own defaults: its RAM cache, cudaMallocAsync, no pinning, no VRAM flag
             env.update(COMFY_CACHE="ram", COMFY_CUDA_MALLOC="async", COMFY_CPU_PINNING="0", COMFY_VRAM_MODE="dynamic")
         env.update(spec.get("env", {}))
+        if self.args.cpu:
+            env.update(spec.get("cpu_env", {}))
         if spec.get("extra_args"):
             env["COMFY_EXTRA_ARGS"] += " " + spec["extra_args"]
         return load_settings(env)
@@ -157,19 +165,25 @@ class Run:
             result["launch"] = instance.tuning.describe() + " | " + " ".join(instance.tuning.flags)
             port = instance.spec.port
             result["state"] = requests.get(f"http://127.0.0.1:{port}/probe/state", timeout=10).json()
-            for index in range(self.args.jobs):
-                if index and self.left() < 60:
-                    result["skipped_jobs"] = self.args.jobs - index
-                    break
-                if index == 1:
-                    requests.post(f"http://127.0.0.1:{port}/probe/profile_next", timeout=10)
-                job = self.run_job(spec, worker, instance)
-                result["jobs"].append(job)
-                self.log(name, f"job {index}", {k: job.get(k) for k in (
-                    "status", "wall_s", "s_per_step", "to_first_step_s", "UNETLoader_s", "VAEDecode_s", "error")})
-                self.save()
-                if job["status"] != "success":
-                    break
+            if spec.get("stream"):
+                result.update(run_stream(self, worker, worker.fleet.instances if worker else [instance], INPUT_IMAGE))
+                self.results["stream_summary"] = stream_summary(self.results["configs"], self.args.cpu)
+                self.log(name, {k: result.get(k) for k in ("ok", "failed", "wall_s", "videos_per_hour",
+                                                           "busy_pct_stream", "per_instance", "skipped")})
+            else:
+                for index in range(self.args.jobs):
+                    if index and self.left() < 60:
+                        result["skipped_jobs"] = self.args.jobs - index
+                        break
+                    if index == 1:
+                        requests.post(f"http://127.0.0.1:{port}/probe/profile_next", timeout=10)
+                    job = self.run_job(spec, worker, instance)
+                    result["jobs"].append(job)
+                    self.log(name, f"job {index}", {k: job.get(k) for k in (
+                        "status", "wall_s", "s_per_step", "to_first_step_s", "UNETLoader_s", "VAEDecode_s", "error")})
+                    self.save()
+                    if job["status"] != "success":
+                        break
             result["memory_mib"] = process_memory_mib(instance.pid)
             result["host_used_mib"] = meminfo_used_mib()
         except Exception:
@@ -269,21 +283,6 @@ def step_metrics(events: dict[str, Any], submitted: float) -> dict[str, Any]:
     return metrics
 
 
-def check_video(data: bytes, path: Path) -> dict[str, Any]:
-    """Frames, size and rate of the returned video, read back with PyAV."""
-    path.write_bytes(data)
-    try:
-        import av
-
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            frames = sum(1 for _ in container.decode(video=0))
-            return {"bytes": len(data), "frames": frames, "width": stream.codec_context.width,
-                    "height": stream.codec_context.height, "rate": str(stream.average_rate)}
-    except Exception as error:
-        return {"bytes": len(data), "error": repr(error)[:300]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     for name in ("comfy", "models", "fe", "out", "work"):
@@ -294,6 +293,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--stream-jobs", type=int, default=8, help="jobs submitted at once in a stream configuration")
     parser.add_argument("--plan", default="V,W")
     parser.add_argument("--tag", default="run")
     parser.add_argument("--deadline", type=float, default=540)
