@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 import requests
-from outputs import check_output, expected_frames
+from output_check import check_output, expected_frames
 
 STREAM_CONFIGS: dict[str, dict[str, Any]] = {
     "VS": {"base": "vanilla", "stream": True},
@@ -48,7 +48,7 @@ def run_stream(run: Any, worker: Any, instances: list[Any], image_name: str) -> 
     jobs = submit_all(run, worker, instances[0], run.args.stream_jobs, image)
     wall = max((job["done_s"] for job in jobs), default=0.0)
     gpu = run.gpu.window(started, started + wall)
-    steps = {instance.label: median_step_s(probe_events(instance)) for instance in instances}
+    steps = {instance.label if worker else "vanilla": median_step_s(probe_events(instance)) for instance in instances}
     unit = "videos" if expected_frames(run.args.workload, run.args.frames) else "images"
     return {**record, **stream_record(jobs, wall, unit, gpu.get("busy_mean")), "jobs": jobs, "gpu": gpu,
             "s_per_step_by_instance": steps,

@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE.parents[1] / "src"))
 sys.path.insert(0, str(HERE))
 
 from host_probes import Ballast, GpuSampler, disk_read_rates, evict, meminfo_used_mib, process_memory_mib  # noqa: E402
-from outputs import check_video  # noqa: E402
+from output_check import check_video  # noqa: E402
 from stream import STREAM_CONFIGS, run_stream, stream_summary  # noqa: E402
 from workflows import INPUT_IMAGE, WORKLOADS, start_image_png, workflow  # noqa: E402
 

@@ -11,7 +11,7 @@ from pathlib import Path
 BENCH_VIDEO = Path(__file__).resolve().parents[2] / "bench" / "video"
 sys.path.append(str(BENCH_VIDEO))  # last: its report.py must not shadow bench/report.py for other tests
 
-from outputs import check_output, expected_frames  # noqa: E402
+from output_check import check_output, expected_frames  # noqa: E402
 from stream import STREAM_CONFIGS, median_step_s, stream_record, stream_summary  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("video_report", BENCH_VIDEO / "report.py")
