@@ -71,6 +71,9 @@ def plan_coldstart(bench: Bench) -> None:
                                          vanilla_jobs, vanilla_warm),
     }
     if bench.args.phases:  # the order given (a machine that carries an artefact or a cache in runs those first)
+        unknown = sorted(set(bench.args.phases.split(",")) - set(phases))
+        if unknown:
+            raise SystemExit(f"--phases: no phase {', '.join(unknown)} in the coldstart plan ({', '.join(phases)})")
         for name in bench.args.phases.split(","):
             phases[name]()
         return

@@ -46,13 +46,19 @@ def run_stream(run: Any, worker: Any, instances: list[Any], image_name: str) -> 
         return {**record, "skipped": f"{run.left():.0f} s of the deadline left after the warm-up"}
     started = time.time()
     jobs = submit_all(run, worker, instances[0], run.args.stream_jobs, image)
-    wall = max((job["done_s"] for job in jobs), default=0.0)
+    wall = stream_wall_s(jobs, time.time() - started)
     gpu = run.gpu.window(started, started + wall)
     steps = {instance.label if worker else "vanilla": median_step_s(probe_events(instance)) for instance in instances}
     unit = "videos" if expected_frames(run.args.workload, run.args.frames) else "images"
     return {**record, **stream_record(jobs, wall, unit, gpu.get("busy_mean")), "jobs": jobs, "gpu": gpu,
             "s_per_step_by_instance": steps,
             "sampler_note": None if gpu else f"no GPU samples: {getattr(run.gpu, 'error', '')}"}
+
+
+def stream_wall_s(jobs: list[dict[str, Any]], waited_s: float) -> float:
+    """First submission to the last answer; a job that never finished (done_s None) leaves the time waited."""
+    finished = [job["done_s"] for job in jobs if job.get("done_s") is not None]
+    return waited_s if len(finished) < len(jobs) else max(finished, default=waited_s)
 
 
 def submit_all(run: Any, worker: Any, instance: Any, count: int, image: tuple[str, bytes] | None
@@ -197,7 +203,8 @@ def stream_summary(configs: dict[str, dict[str, Any]], cpu: bool) -> dict[str, A
     streams = {name: config for name, config in configs.items()
                if config.get("spec", {}).get("stream") and config.get("videos_per_hour") is not None}
     rates = {name: config["videos_per_hour"] for name, config in streams.items()}
-    vanilla = next((rate for name, rate in rates.items() if streams[name]["spec"]["base"] == "vanilla"), None)
+    vanilla = next((rate for name, rate in rates.items()  # a vanilla rate with failed jobs is no baseline
+                    if streams[name]["spec"]["base"] == "vanilla" and streams[name].get("failed") == 0), None)
     clean = {name: rate for name, rate in rates.items()
              if streams[name]["spec"]["base"] == "worker" and streams[name].get("failed") == 0 and rate}
     best = max(clean, key=lambda name: clean[name]) if clean else None

@@ -209,6 +209,7 @@ def test_an_instance_that_dies_during_its_switch_stays_uncompiled_and_the_rollou
         instance.compile = type(status)(requested=True)
         assert rollout.switch(instance, str(artefact)) is False
         assert worker.scheduler.load(0) == 0  # the reservation is released
+        assert "did not answer" in rollout.state["switch_failed"][instance.label]  # said, not only logged
     finally:
         instance.compile = status
 

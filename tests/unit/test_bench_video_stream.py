@@ -12,7 +12,7 @@ BENCH_VIDEO = Path(__file__).resolve().parents[2] / "bench" / "video"
 sys.path.append(str(BENCH_VIDEO))  # last: its report.py must not shadow bench/report.py for other tests
 
 from output_check import check_output, expected_frames  # noqa: E402
-from stream import STREAM_CONFIGS, median_step_s, stream_record, stream_summary  # noqa: E402
+from stream import STREAM_CONFIGS, median_step_s, stream_record, stream_summary, stream_wall_s  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("video_report", BENCH_VIDEO / "report.py")
 assert _spec is not None and _spec.loader is not None
@@ -53,6 +53,14 @@ def test_the_summary_without_vanilla_has_no_ratio_and_a_dry_run_says_so():
     summary = stream_summary({"WS": config("WS", 100.0), "WS2": config("WS2", 150.0)}, cpu=True)
     assert summary["best_worker"] == "WS2" and summary["best_worker_to_VS"] is None and summary["ratio_to_VS"] == {}
     assert "not a result" in summary["note"]
+
+
+def test_a_vanilla_stream_that_lost_a_job_is_no_baseline_and_an_unfinished_job_leaves_the_time_waited():
+    summary = stream_summary({"VS": config("VS", 400.0, failed=1), "WS": config("WS", 440.0)}, cpu=False)
+    assert summary["ratio_to_VS"] == {} and summary["best_worker_to_VS"] is None and summary["best_worker"] == "WS"
+    assert stream_wall_s([{"done_s": 8.0}, {"done_s": 17.5}], 30.0) == 17.5
+    assert stream_wall_s([{"done_s": 8.0}, {"done_s": None, "ok": False}], 30.0) == 30.0
+    assert stream_wall_s([], 2.0) == 2.0
 
 
 def test_the_report_table_shows_each_stream_configuration_against_vs():

@@ -34,6 +34,7 @@ log = logging.getLogger("comfy_worker.compile")
 # runs the warm-up workflow on an instance (reseeded: True); raises its WorkerError
 WarmUp = Callable[[ComfyInstance, bool], str]
 PRIMER_LOG_LINES = 20  # kept in the state when the primer fails
+SWITCH_ERROR_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,11 @@ class CompileRollout:
                 outcome = self.warm_up(instance, True)
                 status.report = instance.client.compile_report()
             except WorkerError as error:  # it died meanwhile (the watcher restarts it) or its warm-up failed
-                log.warning("[%s] the switch to compiled was given up: %s", instance.label, error)
+                why = str(error)[:SWITCH_ERROR_CHARS]
+                self.state.setdefault("switch_failed", {})[instance.label] = why
+                log.warning("[%s] the compiled warm-up after the switch failed (%s); %s", instance.label, why,
+                            "compile is on: its first job compiles" if instance.is_alive()
+                            else "it restarts from the artefact")
                 return False
             status.compiled_at_s = round(time.monotonic() - self.started_at, 1)
         log.info("[%s] switched to compiled in %.1f s (%.1f s waiting for it to be idle; warm-up %s)",
