@@ -41,7 +41,8 @@ PERFORMANCE = (
     Variable("COMPILE_ARTIFACT_DIR", "<COMPILE_CACHE_DIR>/artifacts",
              "Where the portable compile artefacts (PyTorch Mega-Cache, one per GPU type, torch/CUDA/ComfyUI "
              "version, compile settings and warm-up models) are kept: `python -m comfy_worker.prime` writes one, "
-             "an instance that finds its own loads it before the warm-up and is compiled in seconds.",
+             "an instance that finds its own loads it before the warm-up, whose compile then hits every cache "
+             "(SDXL on an H200: ready compiled 43.9 s after the start instead of ≈ 200 s).",
              "performance"),
     Variable("COMPILE_IN_BACKGROUND", "1",
              "With compile on and no artefact: 1 serves uncompiled at once while a one-off primer process on GPU 0 "
