@@ -19,6 +19,7 @@ from typing import Any
 from probes import GpuSampler, cpu_seconds, meminfo_mib, smaps_mib
 from workloads import WORKLOADS
 
+from comfy_worker.comfy.follower import ended_prompt
 from comfy_worker.fleet.fleet import write_custom_nodes_config
 from comfy_worker.fleet.gpus import detect_gpus
 from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec
@@ -144,13 +145,10 @@ class Bench:
                 message = socket.recv()
                 if not isinstance(message, str):
                     continue  # preview images
-                event = json.loads(message)
-                data = event.get("data") or {}
-                finished = event.get("type") in ("execution_success", "execution_error", "execution_interrupted") or (
-                    event.get("type") == "executing" and data.get("node") is None)
-                if finished and data.get("prompt_id") in pending:
-                    seen[data["prompt_id"]] = time.monotonic() - started
-                    pending.discard(data["prompt_id"])
+                prompt_id = ended_prompt(json.loads(message))
+                if prompt_id in pending:
+                    seen[prompt_id] = time.monotonic() - started
+                    pending.discard(prompt_id)
         finally:
             socket.close()
         done = {prompt_id: (seconds, instance.client.history(prompt_id) or {}) for prompt_id, seconds in seen.items()}

@@ -19,6 +19,8 @@ from typing import Any
 import requests
 from output_check import check_output, expected_frames
 
+from comfy_worker.comfy.follower import ended_prompt
+
 STREAM_CONFIGS: dict[str, dict[str, Any]] = {
     "VS": {"base": "vanilla", "stream": True},
     "WS": {"base": "worker", "stream": True},
@@ -132,13 +134,10 @@ def vanilla_all(instance: Any, graphs: list[dict[str, Any]], timeout_s: float
                 break
             if not isinstance(message, str):
                 continue  # preview images
-            event = json.loads(message)
-            data = event.get("data") or {}
-            ended = event.get("type") in ("execution_success", "execution_error", "execution_interrupted") or (
-                event.get("type") == "executing" and data.get("node") is None)
-            if ended and data.get("prompt_id") in pending:
-                finished[data["prompt_id"]] = time.monotonic() - started
-                pending.discard(data["prompt_id"])
+            prompt_id = ended_prompt(json.loads(message))
+            if prompt_id in pending:
+                finished[prompt_id] = time.monotonic() - started
+                pending.discard(prompt_id)
     finally:
         socket.close()
     return [vanilla_job(instance, index, prompt_id, finished.get(prompt_id))

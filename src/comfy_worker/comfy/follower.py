@@ -24,6 +24,7 @@ RECONNECT_INTERVAL_S = 1.0
 SOCKET_CONNECT_TIMEOUT_S = 5.0
 SETTLE_AFTER_CANCEL_S = 15.0
 SETTLE_AFTER_TIMEOUT_S = 3.0  # past the deadline: the job answers; a prompt that ignores the interrupt longer runs on
+ENDING_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
 OOM_MARKERS = ("OutOfMemoryError", "out of memory", "CUDA error: out of memory")
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -233,7 +234,7 @@ class PromptFollower:
             self.outputs_seen = True
             if self.on_output is not None and isinstance(data["output"], dict):
                 self.on_output(str(data.get("node")), data["output"])
-        elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+        elif kind in ENDING_EVENTS:
             return True
         return False
 
@@ -261,6 +262,16 @@ class PromptFollower:
                            prompt_id, self.client.label)
         except Exception as error:  # the instance may be dead; the fleet restarts it
             self.log.error("could not interrupt prompt %s on %s: %s", prompt_id, self.client.label, error)
+
+
+def ended_prompt(event: dict[str, Any]) -> str | None:
+    """The prompt a ComfyUI websocket event says has ended (None for any other event): one of the ending events,
+    or `executing` with no node."""
+    data = event.get("data") or {}
+    kind = event.get("type")
+    if kind in ENDING_EVENTS or (kind == "executing" and data.get("node") is None):
+        return data.get("prompt_id")
+    return None
 
 
 def _is_finished(entry: dict[str, Any]) -> bool:
