@@ -10,7 +10,9 @@ Configurations (CONFIGS): V vanilla ComfyUI defaults, jobs posted straight to it
 (comfy_worker.worker.Worker.handle, the handler's only call); WF8 the worker with the workflow's UNETLoader set to
 fp8_e4m3fn_fast (the lossy fp8 opt-in); *24 the same on a 24 GiB card (a ballast process holds the rest of the
 GPU, and the worker is told the card has 24 GiB); W24N/W24D/W24H force COMFY_VRAM_MODE normal/dynamic/high;
-W24F adds ComfyUI's --fast-disk (dynamic loading offloads to the disk-backed file, not private RAM).
+W24F adds ComfyUI's --fast-disk (dynamic loading offloads to the disk-backed file, not private RAM). WNL is W with
+ComfyUI's own loader for the diffusion model (FAST_MODEL_LOAD_THREADS=0) instead of the tuning node's fast load; WH
+and WHN are W and WNL with the page cache as the configurations before left it (no eviction).
 Stream configurations (stream.py): VS vanilla, WS the worker, WS2 the worker with INSTANCES_PER_GPU=2; after one
 warm-up job per instance, --stream-jobs jobs submitted at once; videos per hour, each job's finish time and
 instance, GPU busy % over the stream, every output read back; `stream_summary` in the results compares them.
@@ -61,6 +63,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "W24D": {"base": "worker", "ballast": 24, "env": {"COMFY_VRAM_MODE": "dynamic"}},
     "W24H": {"base": "worker", "ballast": 24, "env": {"COMFY_VRAM_MODE": "high"}},
     "W24F": {"base": "worker", "ballast": 24, "extra_args": "--fast-disk"},
+    # the diffusion model read by ComfyUI's own loader instead of the tuning node's fast load (cold, then warm cache)
+    "WNL": {"base": "worker", "cold": True, "env": {"FAST_MODEL_LOAD_THREADS": "0"}},
+    "WH": {"base": "worker"},
+    "WHN": {"base": "worker", "env": {"FAST_MODEL_LOAD_THREADS": "0"}},
     **STREAM_CONFIGS,
 }
 ALLOC_CONF = "max_split_size_mb:512"  # what start.sh exports for the worker
@@ -184,6 +190,9 @@ class Run:
                     self.save()
                     if job["status"] != "success":
                         break
+            if worker:
+                result["fast_load"] = requests.get(f"http://127.0.0.1:{port}/worker/tuning", timeout=10).json().get(
+                    "fast_load")
             result["memory_mib"] = process_memory_mib(instance.pid)
             result["host_used_mib"] = meminfo_used_mib()
         except Exception:

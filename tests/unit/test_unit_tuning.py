@@ -135,3 +135,10 @@ def test_warmup_workflow_from_a_file_or_inline(tmp_path: Path):
         load_warmup_workflow(str(tmp_path / "missing.json"))
     with pytest.raises(InvalidInput, match="not valid JSON"):
         load_warmup_workflow("{not json")
+
+
+def test_fast_load_is_asked_of_gpu_instances_only_and_can_be_turned_off():
+    assert node_request(load_settings({}), on_gpu=True)["fast_load"] == {"threads": 8}
+    assert node_request(load_settings({"FAST_MODEL_LOAD_THREADS": "3"}), on_gpu=True)["fast_load"] == {"threads": 3}
+    assert node_request(load_settings({}), on_gpu=False)["fast_load"] is None
+    assert node_request(load_settings({"FAST_MODEL_LOAD_THREADS": "0"}), on_gpu=True)["fast_load"] is None

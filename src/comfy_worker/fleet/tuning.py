@@ -123,6 +123,7 @@ def node_request(settings: Settings, on_gpu: bool) -> dict[str, Any]:
                         "CUDA graphs")
             mode = None
         compile_options = {"backend": settings.torch_compile, "mode": mode}
+    fast_load = {"threads": settings.fast_load_threads} if on_gpu and settings.fast_load_threads > 0 else None
     return {"tf32": settings.tf32, "cudnn_benchmark": settings.cudnn_benchmark, "compile": compile_options,
-            "png_compress_level": settings.png_compress_level}
+            "fast_load": fast_load, "png_compress_level": settings.png_compress_level}
 

@@ -51,6 +51,10 @@ PERFORMANCE = (
     Variable("MODEL_PREFETCH_THREADS", "8",
              "Readers that load a job's model files into the page cache as soon as the job arrives (and the "
              "warm-up workflow's at start), so ComfyUI finds them cached; 0 turns read-ahead off.", "performance"),
+    Variable("FAST_MODEL_LOAD_THREADS", "8",
+             "Readers that load a diffusion model file (UNETLoader) straight into GPU memory through pinned buffers, "
+             "on an instance in the high-VRAM mode with room for the file twice; elsewhere, and for checkpoints, "
+             "ComfyUI's own loader runs. 0 turns it off (docs/benchmarks/video.md: cold start).", "performance"),
     Variable("GPU_BUSY_SAMPLE_MS", "100",
              "How often the worker reads each GPU's utilization from NVML (the driver's own samples, every 200 ms "
              "on an H200, where the GPU keeps them), for `timings.gpu_busy_pct` and the metrics' "
@@ -82,6 +86,7 @@ class PerformanceSettings:
     compile_in_background: bool
     warmup_workflow: str
     prefetch_threads: int
+    fast_load_threads: int
     gpu_busy_sample_ms: int
 
     @classmethod
@@ -104,6 +109,7 @@ class PerformanceSettings:
             compile_in_background=env.flag("COMPILE_IN_BACKGROUND", True),
             warmup_workflow=env.raw("WARMUP_WORKFLOW"),
             prefetch_threads=env.integer("MODEL_PREFETCH_THREADS", 8),
+            fast_load_threads=env.integer("FAST_MODEL_LOAD_THREADS", 8),
             gpu_busy_sample_ms=env.integer("GPU_BUSY_SAMPLE_MS", 100),
         )
 

@@ -6,6 +6,9 @@ state read back from torch; GET /worker/tuning answers the same state. With `com
 loaded afterwards (UNETLoader, checkpoint loaders) is wrapped with torch.compile through ComfyUI's own helper, so no
 workflow changes; a workflow that has its own TorchCompileModel node replaces the wrapper with its own.
 
+`fast_load` {"threads": int, "force": bool} (or null: off) reads diffusion model files straight into GPU memory
+with that many readers (fast_load.py); `force` takes that path on any device (the CPU tests).
+
 `png_compress_level` is the zlib level SaveImage writes its PNGs with (ComfyUI's is 4). Nodes that set their own level
 keep it: PreviewImage's 1, a subclass that sets `compress_level` itself, nodes with a compress_level input.
 
@@ -26,13 +29,16 @@ import os
 import time
 import weakref
 
+import comfy.memory_management
+import comfy.model_base
+import comfy.model_management
 import comfy.sd
 import nodes
 import server
 import torch
 from aiohttp import web
 
-from . import compile_cache
+from . import compile_cache, fast_load
 
 log = logging.getLogger("comfy_worker_tuning")
 
@@ -79,6 +85,11 @@ def apply(request: dict) -> dict:
             _report(f"✓ torch.compile wrapper set on {wrapped} loaded model(s)")
     else:
         _report("✗ Disabled torch.compile of diffusion models")
+    fast = request.get("fast_load") or {}
+    fast_load.SETTINGS.threads = int(fast.get("threads") or 0)
+    fast_load.SETTINGS.force = bool(fast.get("force"))
+    if fast_load.SETTINGS.threads:
+        _report(f"✓ Fast load of diffusion models to the GPU ({fast_load.SETTINGS.threads} readers)")
     level = request.get("png_compress_level")
     if level is not None:
         STATE["png_compress_level"] = int(level)
@@ -87,7 +98,8 @@ def apply(request: dict) -> dict:
 
 
 def state() -> dict:
-    return {**STATE, "torch": _torch_state()}
+    return {**STATE, "torch": _torch_state(),
+            "fast_load": {"threads": fast_load.SETTINGS.threads, "loads": fast_load.SETTINGS.loads[-20:]}}
 
 
 def _is_compiled(model_patcher) -> bool:
@@ -131,7 +143,16 @@ def _compile(model_patcher):
     return model_patcher
 
 
-_load_diffusion_model = comfy.sd.load_diffusion_model
+def _high_vram() -> bool:
+    return (comfy.model_management.vram_state == comfy.model_management.VRAMState.HIGH_VRAM
+            and not comfy.memory_management.aimdo_enabled)
+
+
+_load_diffusion_model = fast_load.wrap_load_diffusion_model(
+    comfy.sd.load_diffusion_model, comfy.sd.load_diffusion_model_state_dict, comfy.model_management.get_torch_device,
+    _high_vram, comfy.model_management.unet_offload_device)
+comfy.model_base.BaseModel.load_model_weights = fast_load.wrap_load_model_weights(
+    comfy.model_base.BaseModel.load_model_weights)
 _load_checkpoint = comfy.sd.load_checkpoint_guess_config
 
 

@@ -1,0 +1,84 @@
+"""The tuning node's fast load of diffusion models (fast_load.py) inside a real ComfyUI CPU instance: the model a
+workflow loads holds exactly the file's weights, whether they are taken as read or copied into the model's dtype."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from safetensors.torch import load_file
+
+from comfy_worker.fleet.tuning import node_request
+
+pytestmark = pytest.mark.comfyui
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_WAN = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=1)  # still detected as Wan 2.1 T2V
+
+
+def write_tiny_wan(comfyui_dir: Path, path: Path, dtype: str) -> None:
+    """A Wan 2.1 T2V key set from ComfyUI's own class (bench/video/model_writer.py), random values, in `dtype`."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(comfyui_dir)!r}, {str(REPO / "bench" / "video")!r}]
+        import torch
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = True
+        from model_writer import meta_specs, meta_wan
+        from safetensors.torch import save_file
+        dtype = getattr(torch, {dtype!r})
+        generator = torch.Generator().manual_seed(3)
+        specs = meta_specs(meta_wan("t2v", {TINY_WAN!r}, dtype), dtype)
+        values = {{name: torch.randn(shape, generator=generator).to(dtype) for name, shape, _ in specs}}
+        save_file(values, {str(path)!r})
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=comfyui_dir)
+
+
+def run_prompt(client, workflow: dict, timeout_s: float = 120) -> dict:
+    prompt_id, _ = client.submit(workflow, uuid.uuid4().hex, {})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        entry = client.history(prompt_id)
+        if entry is not None:
+            return entry
+        time.sleep(0.2)
+    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout_s} s")
+
+
+@pytest.mark.parametrize("dtype, taken_as_read", [("float32", True), ("float16", False)])
+def test_a_fast_loaded_model_holds_exactly_the_files_weights(worker, comfyui_dir, dtype, taken_as_read):
+    instance = worker.fleet.instances[0]
+    name = f"fast_load_tiny_wan_{dtype}_{uuid.uuid4().hex[:6]}.safetensors"
+    source = worker.model_cache.models / "diffusion_models" / name
+    write_tiny_wan(comfyui_dir, source, dtype)
+    prefix = f"diffusion_models/fast_load_{dtype}_{uuid.uuid4().hex[:6]}"
+    workflow = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}},
+                "2": {"class_type": "ModelSave", "inputs": {"model": ["1", 0], "filename_prefix": prefix}}}
+    try:
+        state = instance.client.apply_tuning({**node_request(worker.settings, False),
+                                              "fast_load": {"threads": 3, "force": True}})
+        assert "✓ Fast load of diffusion models to the GPU (3 readers)" in state["applied"]
+        entry = run_prompt(instance.client, workflow)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        loads = requests.get(f"{instance.client.base_url}/worker/tuning", timeout=10).json()["fast_load"]["loads"]
+        [load] = [record for record in loads if record["file"] == name]
+    finally:
+        instance.switches = instance.client.apply_tuning(node_request(worker.settings, False))
+        instance.client.free_memory()
+    # ComfyUI on the CPU makes a float32 model: a float32 file's tensors become its weights, a float16 one is copied
+    assert load["weights_taken_as_read"] is taken_as_read and load["bytes"] == source.stat().st_size - \
+        (8 + int.from_bytes(source.read_bytes()[:8], "little"))
+    [saved] = (instance.dirs.output / "diffusion_models").glob(f"{Path(prefix).name}*.safetensors")
+    written, expected = load_file(str(saved)), load_file(str(source))
+    prefixed = {key.removeprefix("model.diffusion_model."): value for key, value in written.items()}
+    assert expected.keys() <= prefixed.keys()
+    for key, value in expected.items():
+        assert torch.equal(prefixed[key].float(), value.float()), key
