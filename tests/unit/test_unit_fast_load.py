@@ -94,13 +94,16 @@ def test_a_dtype_the_reader_does_not_know_is_left_to_comfyui(tmp_path):
         fast_load.read_header(str(path))
 
 
-def test_weights_are_taken_as_read_only_where_dtype_and_shape_are_the_models_own():
+def test_weights_are_taken_as_read_where_shapes_match_and_converted_to_the_models_dtype():
     module = torch.nn.Linear(3, 2)
-    own = {"m.weight": torch.zeros(2, 3), "m.bias": torch.zeros(2), "other": torch.zeros(1)}
-    assert fast_load.takes_weights_as_they_are(module, own, "m.")
-    assert not fast_load.takes_weights_as_they_are(module, {**own, "m.weight": torch.zeros(2, 3).half()}, "m.")
-    assert not fast_load.takes_weights_as_they_are(module, {**own, "m.weight": torch.zeros(3, 2)}, "m.")
-    assert not fast_load.takes_weights_as_they_are(module, {**own, "m.extra": torch.zeros(1)}, "m.")
+    sd = {"m.weight": torch.ones(2, 3).half(), "m.bias": torch.ones(2), "other": torch.ones(1).half()}
+    assert fast_load.as_the_models_weights(module, sd, "m.") == 1  # the weight: float16 → the model's float32
+    assert sd["m.weight"].dtype == torch.float32 and torch.equal(sd["m.weight"], torch.ones(2, 3))
+    assert sd["other"].dtype == torch.float16  # not the model's: left alone
+    for misfit in ({"m.weight": torch.zeros(3, 2)}, {"m.extra": torch.zeros(1)}):
+        sd = {"m.bias": torch.zeros(2).half(), **misfit}
+        assert fast_load.as_the_models_weights(module, sd, "m.") is None
+        assert sd["m.bias"].dtype == torch.float16  # nothing changed: ComfyUI's copy path loads it
 
 
 def test_a_load_is_not_eligible_when_off_not_safetensors_or_not_a_high_vram_gpu(tmp_path):

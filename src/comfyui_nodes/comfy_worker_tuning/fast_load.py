@@ -204,29 +204,40 @@ def eligible(path: str, model_options: dict, device: torch.device, vram_high: bo
     return None
 
 
-def takes_weights_as_they_are(module: torch.nn.Module, sd: dict, prefix: str) -> bool:
-    """True when every tensor of `sd` under `prefix` is a weight of `module` of its own dtype, shape and device."""
+def as_the_models_weights(module: torch.nn.Module, sd: dict, prefix: str) -> int | None:
+    """Makes every tensor of `sd` under `prefix` fit the weight of `module` it is loaded into, converting its dtype
+    where the model's differs (what copying into that weight would do); the number converted. None (nothing
+    changed) when a tensor has no weight of its shape in the module: then it is loaded as ComfyUI loads it."""
     own = module.state_dict()
+    targets = {}
     for key, tensor in sd.items():
-        if not key.startswith(prefix):
-            continue
-        mine = own.get(key[len(prefix):])
-        if mine is None or mine.dtype != tensor.dtype or mine.shape != tensor.shape:
-            return False
-    return True
+        if key.startswith(prefix):
+            mine = own.get(key[len(prefix):])
+            if mine is None or mine.shape != tensor.shape:
+                log.info("fast load: %s %s fits no weight of the model (%s); copied as ComfyUI does", key,
+                         tuple(tensor.shape), "none of that name" if mine is None else f"its is {tuple(mine.shape)}")
+                return None
+            targets[key] = mine.dtype
+    converted = 0
+    for key, dtype in targets.items():
+        if sd[key].dtype != dtype:
+            sd[key] = sd[key].to(dtype)
+            converted += 1
+    return converted
 
 
 def wrap_load_model_weights(original: Callable) -> Callable:
     """BaseModel.load_model_weights that, inside a fast load, takes the loaded GPU tensors as the model's weights
-    (or, where they differ in dtype or shape, moves the model to their device first and copies, as ComfyUI does)."""
+    (or, where a tensor fits no weight, moves the model to their device first and copies, as ComfyUI does)."""
     def load_model_weights(self, sd, unet_prefix="", assign=False):
         device = getattr(_TAKING, "device", None)
         if device is not None and not assign:
-            if takes_weights_as_they_are(self.diffusion_model, sd, unet_prefix):
-                assign = True
-                _TAKING.assigned = True
-            else:
+            converted = as_the_models_weights(self.diffusion_model, sd, unet_prefix)
+            if converted is None:
                 self.to(device)
+            else:
+                assign = True
+                _TAKING.assigned, _TAKING.converted = True, converted
         return original(self, sd, unet_prefix, assign)
     return load_model_weights
 
@@ -255,7 +266,7 @@ def wrap_load_diffusion_model(original: Callable, from_state_dict: Callable, tar
         read_s = time.monotonic() - started
         size = sum(t.nbytes for t in sd.values())
         options = {**model_options, "offload_device": torch.device("cpu")}  # no empty weights moved to the GPU first
-        _TAKING.device, _TAKING.assigned = device, False
+        _TAKING.device, _TAKING.assigned, _TAKING.converted = device, False, 0
         try:
             patcher = from_state_dict(sd, model_options=options, metadata=metadata, disable_dynamic=disable_dynamic)
         finally:
@@ -269,7 +280,8 @@ def wrap_load_diffusion_model(original: Callable, from_state_dict: Callable, tar
         patcher.cached_patcher_init = (original, (unet_path, model_options))
         record = {"file": os.path.basename(str(unet_path)), "bytes": size, "read_s": round(read_s, 3),
                   "total_s": round(time.monotonic() - started, 3), "gb_per_s": round(size / read_s / 1e9, 2),
-                  "weights_taken_as_read": assigned, "threads": SETTINGS.threads}
+                  "weights_taken_as_read": assigned, "dtype_converted": _TAKING.converted,
+                  "threads": SETTINGS.threads}
         SETTINGS.loads.append(record)
         log.info("fast load: %s", record)
         return patcher
