@@ -141,14 +141,19 @@ def main() -> None:
     print(json.dumps({k: v["value"] for k, v in summary.items()}))
 
 
-def stream_only(results_path: Path, out: Path) -> None:
-    """The stream run's outputs from any results.json (a dry run's too) into `out`, never into docs/."""
+def summary_into(out: Path, entries: dict) -> dict:
+    """A run's summary entries with their goals, written to out/summary.json (a run reported on its own)."""
     out.mkdir(parents=True, exist_ok=True)
-    results = json.loads(results_path.read_text())
-    entries = stream_entries(results, results_path.name)
     for key, value in entries.items():
         value["goal"] = GOALS[key]
     (out / "summary.json").write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
+    return entries
+
+
+def stream_only(results_path: Path, out: Path) -> None:
+    """The stream run's outputs from any results.json (a dry run's too) into `out`, never into docs/."""
+    results = json.loads(results_path.read_text())
+    entries = summary_into(out, stream_entries(results, results_path.name))
     write_stream_page(out / "stream.md", stream_table(results))
     drawn = stream_plot(results, out / "stream_gpu_busy.png")
     print(json.dumps({"P8": entries["P8"]["value"], "P5b": entries["P5b"]["value"], "plot": drawn, "out": str(out)}))
@@ -157,12 +162,8 @@ def stream_only(results_path: Path, out: Path) -> None:
 def regress_only(results_path: Path, out: Path) -> None:
     """The regress run's page and its P2/P6 entries from any results.json (a dry run's too) into `out`, never into
     docs/."""
-    out.mkdir(parents=True, exist_ok=True)
     results = json.loads(results_path.read_text())
-    entries = regress_entries(results, results_path.name)
-    for key, value in entries.items():
-        value["goal"] = GOALS[key]
-    (out / "summary.json").write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
+    entries = summary_into(out, regress_entries(results, results_path.name))
     (out / "regress.md").write_text(regress_page(results, results_path.name))
     print(json.dumps({"entries": {key: value["value"] for key, value in entries.items()}, "out": str(out)}))
 
