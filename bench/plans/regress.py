@@ -86,7 +86,7 @@ def worker_phase(bench: Bench, name: str, env: dict[str, str]) -> None:
         p2 = bench.sequential_direct_vs_worker(worker, "sdxl", CPU_P2_ROUNDS if bench.args.cpu else P2_ROUNDS)
         shown = " ".join(f"{key}={value}" for key, value in env.items() if key in SHOWN_SETTINGS)
         bench.record(name, {
-            "configuration": f"the worker's defaults, {shown}, SDXL as WARMUP_WORKFLOW",
+            "configuration": f"the worker's defaults, {shown}, the jobs' workflow as WARMUP_WORKFLOW",
             "instances": [instance.label for instance in worker.fleet.instances], "auto_would_run": auto_count(worker),
             "start_s": round(start_s, 2), "startup": dict(worker.startup_s),
             "first": first, "steady": steady, "p6": p6(first, steady), "p2": p2,

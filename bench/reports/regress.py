@@ -15,6 +15,10 @@ def is_gpu_run(results: dict[str, Any]) -> bool:
     return bool(results.get("machine", {}).get("gpus")) and not results.get("args", {}).get("cpu")
 
 
+def workload(results: dict[str, Any]) -> str:
+    return "SDXL 1024² 20 steps" if is_gpu_run(results) else "SD1.5 64² 1 step on CPU instances (a dry run)"
+
+
 def defaults_phase(results: dict[str, Any]) -> str | None:
     """The phase that ran the worker's defaults: the one with as many instances as INSTANCES_PER_GPU=auto runs on
     this card for the warm-up's models (twins on an H100 or H200); None where neither phase says."""
@@ -76,12 +80,12 @@ def regress_page(results: dict[str, Any], source: str) -> str:
              "# Nothing regresses (issue 15): P2, P6 and memory per instance on one GPU", "",
              f"Measured on {machine_of(results)}, {results.get('date')}: `{results.get('command')}`"
              + ("" if is_gpu_run(results) else " — **a CPU dry run: nothing compiled; not a result**") + ".", "",
-             "SDXL 1024² 20 steps, the worker's defaults with the workflow as `WARMUP_WORKFLOW` (compiled from the "
-             "artefact). P2: a job through `Worker.handle` / the same workflow posted straight to the same instance, "
-             "one at a time, alternating (medians). P6: execution seconds of the first job on each instance after "
-             "ready − a steady job's. Memory with the model loaded, after the jobs: host RSS / PSS (MiB) of each "
-             "ComfyUI process and of the worker's process, MemTotal − MemAvailable, each instance's torch allocator "
-             "(reserved, from ComfyUI's /system_stats) and the card's memory used (NVML).", "",
+             f"{workload(results)}, the worker's defaults with the workflow as `WARMUP_WORKFLOW` (compiled from the "
+             "artefact on a GPU). P2: a job through `Worker.handle` / the same workflow posted straight to the same "
+             "instance, one at a time, alternating (medians). P6: execution seconds of the first job on each "
+             "instance after ready − a steady job's. Memory with the model loaded, after the jobs: host RSS / PSS "
+             "(MiB) of each ComfyUI process and of the worker's process, MemTotal − MemAvailable, each instance's "
+             "torch allocator (reserved, from ComfyUI's /system_stats) and the card's memory used (NVML).", "",
              "| configuration | instances | P2 | worker / direct s | P6 s | first / steady exec s | compiled | "
              "ComfyUI RSS / PSS MiB | worker RSS / PSS MiB | host used MiB | torch reserved MiB | GPU used MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
