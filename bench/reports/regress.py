@@ -128,7 +128,8 @@ def regress_page(results: dict[str, Any], source: str) -> str:
 def artefact_origin(results: dict[str, Any]) -> str:
     prime = results.get("phases", {}).get("prime")
     if prime is None:
-        return f"on disk before the run ({', '.join(results.get('artifacts_before') or []) or 'none'})"
+        before = results.get("artifacts_before") or []
+        return f"on disk before the run ({', '.join(before)})" if before else "none: the prime phase was not asked"
     if prime.get("skipped"):
         return f"none made: {prime['skipped']}"
     return f"made by the prime phase in {prime.get('seconds')} s ({prime.get('artifact_bytes')} bytes)"

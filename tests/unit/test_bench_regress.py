@@ -100,6 +100,10 @@ def test_a_phase_the_deadline_skipped_is_named_and_nothing_is_made_up_for_it() -
     assert entries["P2"]["value"] == 1.01 and "with 1 instance" not in entries["P2"]["what"]
     only_twins = regress_summary({"twins": results["phases"]["twins"]}, "twins", False)
     assert only_twins["prime"] == "not asked (--phases)" and only_twins["not_run"] == []
+    del results["phases"]["prime"]
+    assert "Artefact: none: the prime phase was not asked." in regress_page(results, "h200_regress.json")
+    results["artifacts_before"] = ["nvidia-h200/0123abcd.megacache"]
+    assert "Artefact: on disk before the run (nvidia-h200/0123abcd.megacache)." in regress_page(results, "x.json")
 
 
 def test_p2_and_p6_entries_come_from_the_defaults_configuration_of_a_gpu_run() -> None:
