@@ -3,6 +3,7 @@
     python bench/bench.py --plan flags  --comfy DIR --models DIR --out DIR [--deadline S]   # one GPU
     python bench/bench.py --plan worker --comfy DIR --models DIR --out DIR [--deadline S]   # two GPUs
     python bench/bench.py --plan stream --comfy DIR --models DIR --out DIR [--deadline S]   # one GPU, issue 15
+    python bench/bench.py --plan regress --comfy DIR --models DIR --out DIR [--deadline S]  # one GPU, issue 15
     python bench/bench.py --plan smoke  ...  --cpu                                           # a CPU dry run
 
 `flags` compares ComfyUI configurations on one GPU, each instance started the way the worker starts it
@@ -15,6 +16,8 @@ submitted concurrently as RunPod does: 1 vs 2 GPUs (P1), through the worker vs s
 RAM per extra instance (P3), CPU pinning on and off, VRAM modes, warm-up and cold start (P6, P7).
 `stream` submits a stream of concurrent SDXL jobs on one GPU to vanilla ComfyUI and to the worker in four
 configurations (1 or 2 instances per GPU, PNG compression 1 or the default), with a GPU busy timeline (P8, P5b).
+`regress` checks that nothing regressed on one GPU: P2, P6 and memory per instance with the worker's defaults
+(compiled), two instances on the GPU and one.
 Results go to OUT/results.json as each phase ends (a later phase failing keeps the earlier ones);
 bench/report.py turns them into docs/benchmarks/.
 """
@@ -35,6 +38,7 @@ from plans.coldstart import plan_coldstart
 from plans.flags import plan_flags
 from plans.models import plan_models
 from plans.p2probe import plan_p2probe
+from plans.regress import plan_regress
 from plans.scaling import plan_scaling
 from plans.stream import plan_stream
 from plans.worker import plan_worker
@@ -46,7 +50,8 @@ log = logging.getLogger("bench")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", required=True,
-                        choices=("flags", "worker", "smoke", "p2probe", "scaling", "models", "stream", "coldstart"))
+                        choices=("flags", "worker", "smoke", "p2probe", "scaling", "models", "stream", "coldstart",
+                                 "regress"))
     parser.add_argument("--comfy", required=True, help="the ComfyUI folder")
     parser.add_argument("--models", required=True, help="MODELS_DIR of bench/make_models.py")
     parser.add_argument("--out", required=True)
@@ -90,6 +95,8 @@ def main() -> None:
             plan_stream(bench)
         if args.plan == "coldstart":
             plan_coldstart(bench)
+        if args.plan == "regress":
+            plan_regress(bench)
     finally:
         bench.results["total_s"] = round(time.monotonic() - bench.started, 1)
         (bench.out / "results.json").write_text(json.dumps(bench.results, indent=1, default=str))

@@ -3,9 +3,11 @@ tables and the plots of docs/benchmarks/.
 
     python bench/report.py            # needs matplotlib (bench/requirements.txt) for the plots
     python bench/report.py --stream RESULTS.json --out DIR   # only the stream run's section, P8/P5b and plot, in DIR
+    python bench/report.py --regress RESULTS.json --out DIR  # only the regress run's regress.md and P2/P6, in DIR
 
 Writes docs/benchmarks/summary.json, docs/benchmarks/tables.md, docs/benchmarks/stream.md (its generated section,
-once raw/h200_stream.json exists) and docs/benchmarks/*.png.
+once raw/h200_stream.json exists), docs/benchmarks/regress.md (once raw/h200_regress.json exists: P2 and P6 are
+then that run's) and docs/benchmarks/*.png.
 The cold-start plan's results have their own writer: `python bench/reports/coldstart.py RESULTS.json` (coldstart.md,
 P7 and P7c).
 """
@@ -27,6 +29,7 @@ from reports.common import (
     P2_COMPILED,
     P2_PROBE,
     RAW,
+    REGRESS,
     SCALING,
     STREAM,
     WARM,
@@ -35,6 +38,7 @@ from reports.common import (
     load,
 )
 from reports.plots import plots
+from reports.regress import regress_entries, regress_page
 from reports.scaling import scaling_entries, scaling_plot, scaling_table
 from reports.stream import stream_entries, stream_plot, stream_table, write_stream_page
 from reports.tables import tables
@@ -120,6 +124,12 @@ def main() -> None:
         print(f"raw/{STREAM} absent: P8, P5b and stream.md not generated")
     if (RAW / COLDSTART).exists():  # P7 and P7c from the cold-start run (bench/reports/coldstart.py)
         summary.update(coldstart_entries(load(COLDSTART), COLDSTART))
+    if (RAW / REGRESS).exists():  # P2 and P6 from the regression run, where it measured them comparably
+        regress = load(REGRESS)
+        summary.update(regress_entries(regress, REGRESS))
+        (DOCS / "regress.md").write_text(regress_page(regress, REGRESS))
+    else:
+        print(f"raw/{REGRESS} absent: regress.md not generated")
     for key, value in summary.items():
         value["goal"] = GOALS[key]
     kept = json.loads((DOCS / "summary.json").read_text()) if (DOCS / "summary.json").exists() else {}
@@ -131,27 +141,44 @@ def main() -> None:
     print(json.dumps({k: v["value"] for k, v in summary.items()}))
 
 
-def stream_only(results_path: Path, out: Path) -> None:
-    """The stream run's outputs from any results.json (a dry run's too) into `out`, never into docs/."""
+def summary_into(out: Path, entries: dict) -> dict:
+    """A run's summary entries with their goals, written to out/summary.json (a run reported on its own)."""
     out.mkdir(parents=True, exist_ok=True)
-    results = json.loads(results_path.read_text())
-    entries = stream_entries(results, results_path.name)
     for key, value in entries.items():
         value["goal"] = GOALS[key]
     (out / "summary.json").write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
+    return entries
+
+
+def stream_only(results_path: Path, out: Path) -> None:
+    """The stream run's outputs from any results.json (a dry run's too) into `out`, never into docs/."""
+    results = json.loads(results_path.read_text())
+    entries = summary_into(out, stream_entries(results, results_path.name))
     write_stream_page(out / "stream.md", stream_table(results))
     drawn = stream_plot(results, out / "stream_gpu_busy.png")
     print(json.dumps({"P8": entries["P8"]["value"], "P5b": entries["P5b"]["value"], "plot": drawn, "out": str(out)}))
 
 
+def regress_only(results_path: Path, out: Path) -> None:
+    """The regress run's page and its P2/P6 entries from any results.json (a dry run's too) into `out`, never into
+    docs/."""
+    results = json.loads(results_path.read_text())
+    entries = summary_into(out, regress_entries(results, results_path.name))
+    (out / "regress.md").write_text(regress_page(results, results_path.name))
+    print(json.dumps({"entries": {key: value["value"] for key, value in entries.items()}, "out": str(out)}))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stream", type=Path, help="a stream plan's results.json: report only it, into --out")
-    parser.add_argument("--out", type=Path, help="where --stream writes (not docs/benchmarks/)")
+    parser.add_argument("--regress", type=Path, help="a regress plan's results.json: report only it, into --out")
+    parser.add_argument("--out", type=Path, help="where --stream or --regress writes (not docs/benchmarks/)")
     arguments = parser.parse_args()
+    if (arguments.stream or arguments.regress) and (not arguments.out or arguments.out.resolve() == DOCS):
+        parser.error("--stream and --regress need --out, a folder other than docs/benchmarks/")
     if arguments.stream:
-        if not arguments.out or arguments.out.resolve() == DOCS:
-            parser.error("--stream needs --out, a folder other than docs/benchmarks/")
         stream_only(arguments.stream, arguments.out)
+    elif arguments.regress:
+        regress_only(arguments.regress, arguments.out)
     else:
         main()

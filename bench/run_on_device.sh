@@ -6,10 +6,12 @@
 # coldstart (1 GPU: start → ready and → compiled speed with and without a compile artefact, P7/P7c, the compiled
 # stream against vanilla; about 550 s; packs the artefact and the compile cache into $OUT, and carries
 # .device/artifacts.tar.xz and .device/compile-cache.tar.xz in where present).
+# regress (1 GPU, issue 15's "nothing regresses": P2, P6 and memory per instance with the worker's defaults, compiled,
+# two instances on the GPU and one; primes the artefact first unless one is carried in; planned for 480 s).
 # It needs, in .device/ (built by bench/prepare_device.sh on a machine with PyPI): comfyui.tar.xz (ComfyUI v0.29.0)
 # and site312.tar.xz (ComfyUI's dependencies missing there, installed for CPython 3.12). Results go to $OUT.
 set -uo pipefail
-plan=${1:?plan: flags, worker, p2probe, models, scaling, stream or coldstart}
+plan=${1:?plan: flags, worker, p2probe, models, scaling, stream, coldstart or regress}
 deadline=${2:-500}
 shift 2 || true
 started=$(date +%s)

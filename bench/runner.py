@@ -249,13 +249,14 @@ class Bench:
                                for label, pid in pids.items() if cpu_before[label] is not None},
             "gpu": sampler.summary(),
             "tuning": results[0].get("tuning") if results else None,
+            "compiled_jobs": sum(bool((r.get("tuning") or {}).get("compiled")) for r in results),
         }
 
     def sequential_direct_vs_worker(self, worker: Worker, kind: str, rounds: int) -> dict[str, Any]:
         """P2: one job at a time, alternating: through the worker (handle → base64 result) and posted straight to
         the same instance."""
         instance = worker.fleet.instances[0]
-        direct, through = [], []
+        direct, through, answered_by = [], [], []
         for _ in range(rounds):
             direct.append(self.post_and_wait(instance, [self.workflow(kind)])[0]["done_s"])
             started = time.monotonic()
@@ -264,8 +265,11 @@ class Bench:
             if "error" in result:
                 raise RuntimeError(result["error"])
             through.append(time.monotonic() - started)
+            answered_by.append({"instance": result.get("instance"),
+                                "compiled": bool((result.get("tuning") or {}).get("compiled"))})
         return {"direct_s": direct, "worker_s": through, "direct_median_s": median(direct),
-                "worker_median_s": median(through), "ratio": round(median(through) / median(direct), 4)}
+                "worker_median_s": median(through), "ratio": round(median(through) / median(direct), 4),
+                "direct_instance": instance.label, "worker_jobs": answered_by}
 
 
 def stream_details(done: list[tuple[float, float, dict[str, Any]]], sampler: GpuSampler, wall_started: float,
@@ -329,10 +333,14 @@ def instances_of(worker: Worker) -> dict[str, ComfyInstance]:
 
 def memory_snapshot(instances: dict[str, ComfyInstance]) -> dict[str, Any]:
     return {"meminfo": meminfo_mib(),
-            "processes": {name: {k: v for k, v in smaps_mib(instance.pid).items()
-                                 if k in ("Rss", "Pss", "Pss_Anon", "Pss_File", "Anonymous", "Private_Clean",
-                                          "Private_Dirty", "Shared_Clean")}
-                          for name, instance in instances.items()}}
+            "processes": {name: process_memory(instance.pid) for name, instance in instances.items()}}
+
+
+def process_memory(pid: int | None) -> dict[str, int]:
+    """RSS, PSS and their parts (MiB) of one process."""
+    return {k: v for k, v in smaps_mib(pid).items()
+            if k in ("Rss", "Pss", "Pss_Anon", "Pss_File", "Anonymous", "Private_Clean", "Private_Dirty",
+                     "Shared_Clean")}
 
 
 def sampler_rates(lines: list[str]) -> list[float]:

@@ -15,6 +15,7 @@ P2_PROBE = "h100_p2_probe.json"
 P2_COMPILED = "h100_p2_compiled.json"
 SCALING = "h200x4_scaling.json"
 STREAM = "h200_stream.json"  # bench.py --plan stream on 1× H200; absent until that run is made
+REGRESS = "h200_regress.json"  # bench.py --plan regress on 1× H200; absent until that run is made
 H200X4 = "4× NVIDIA H200 (64 vCPU, 512 GiB)"
 H100 = "1× NVIDIA H100 80GB HBM3 (16 vCPU)"
 H200 = "2× NVIDIA H200 (32 vCPU)"
