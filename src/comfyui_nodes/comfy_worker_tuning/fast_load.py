@@ -171,6 +171,8 @@ def read_to_device(path: str, device: torch.device, threads: int,
         worker.start()
     for worker in workers:
         worker.join()
+    if on_cuda and hasattr(torch._C, "_host_emptyCache"):
+        torch._C._host_emptyCache()  # the readers' pinned buffers back to the system, not kept by torch's cache
     if errors:
         raise errors[0]
     return tensors, metadata
