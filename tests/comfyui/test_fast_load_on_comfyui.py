@@ -78,8 +78,13 @@ def test_a_fast_loaded_model_holds_exactly_the_files_weights(worker, comfyui_dir
     tensors = len(load_file(str(source)))
     assert load["weights_taken_as_read"] is True and load["dtype_converted"] == (tensors if converted else 0)
     assert load["bytes"] == source.stat().st_size - (8 + int.from_bytes(source.read_bytes()[:8], "little"))
-    [saved] = (instance.dirs.output / "diffusion_models").glob(f"{Path(prefix).name}*.safetensors")
-    written, expected = load_file(str(saved)), load_file(str(source))
+    saved_files = list((instance.dirs.output / "diffusion_models").glob(f"{Path(prefix).name}*.safetensors"))
+    try:
+        [saved] = saved_files
+        written, expected = load_file(str(saved)), load_file(str(source))
+    finally:  # other tests check that no job leaves files behind on the instance
+        for leftover in [*saved_files, source]:
+            leftover.unlink(missing_ok=True)
     prefixed = {key.removeprefix("model.diffusion_model."): value for key, value in written.items()}
     assert expected.keys() <= prefixed.keys()
     for key, value in expected.items():

@@ -53,7 +53,7 @@ def test_progress_payloads_are_v2_shaped_and_move_forward(worker, run, recorder)
     stepping = [p for p in sent if p["progress"]["steps"]]
     assert stepping and stepping[-1]["progress"]["current_node"] == "2" and stepping[-1]["progress"]["steps"] == 50
     assert stepping[-1]["progress"]["nodes_done"] == 1  # the EmptyImage before it
-    assert 1 / 3 < stepping[-1]["progress"]["value"] < 2 / 3
+    assert 1 / 3 < stepping[-1]["progress"]["value"] <= 2 / 3  # 2/3 when the last payload caught step 50 of 50
     assert stepping[-1]["class_type"] == "WorkerTestSleep"  # the earlier flat keys stay
 
 
