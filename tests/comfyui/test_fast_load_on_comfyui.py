@@ -23,8 +23,22 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_WAN = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=1)  # still detected as Wan 2.1 T2V
 
 
-def write_tiny_wan(comfyui_dir: Path, path: Path, dtype: str) -> None:
-    """A Wan 2.1 T2V key set from ComfyUI's own class (bench/video/model_writer.py), random values, in `dtype`."""
+TINY_FLUX = """
+from comfy.ldm.flux.model import Flux
+import comfy.ops
+with torch.device("meta"):
+    module = Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                  mlp_ratio=4.0, axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
+                  txt_ids_dims=[], hidden_size=256, num_heads=2, depth=1, depth_single_blocks=1, dtype=dtype,
+                  device="meta", operations=comfy.ops.disable_weight_init)
+specs = meta_specs(module, dtype)
+"""
+
+
+def write_tiny_model(comfyui_dir: Path, path: Path, dtype: str, kind: str = "wan") -> None:
+    """A Wan 2.1 T2V (or Flux.1-dev) key set from ComfyUI's own class, random values, in `dtype`. Flux's norm
+    weights are named `….scale`, as in the published files (ComfyUI renames them when it loads)."""
+    build = f"specs = meta_specs(meta_wan('t2v', {TINY_WAN!r}, dtype), dtype)" if kind == "wan" else TINY_FLUX
     code = textwrap.dedent(f"""
         import sys
         sys.path[:0] = [{str(comfyui_dir)!r}, {str(REPO / "bench" / "video")!r}]
@@ -35,8 +49,10 @@ def write_tiny_wan(comfyui_dir: Path, path: Path, dtype: str) -> None:
         from safetensors.torch import save_file
         dtype = getattr(torch, {dtype!r})
         generator = torch.Generator().manual_seed(3)
-        specs = meta_specs(meta_wan("t2v", {TINY_WAN!r}, dtype), dtype)
-        values = {{name: torch.randn(shape, generator=generator).to(dtype) for name, shape, _ in specs}}
+    """) + build + textwrap.dedent(f"""
+        def published(name):
+            return name[:-len(".weight")] + ".scale" if name.endswith("_norm.weight") else name
+        values = {{published(name): torch.randn(shape, generator=generator).to(dtype) for name, shape, _ in specs}}
         save_file(values, {str(path)!r})
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=comfyui_dir)
@@ -53,13 +69,14 @@ def run_prompt(client, workflow: dict, timeout_s: float = 120) -> dict:
     raise AssertionError(f"prompt {prompt_id} did not finish in {timeout_s} s")
 
 
-@pytest.mark.parametrize("dtype, converted", [("float32", False), ("float16", True)])
-def test_a_fast_loaded_model_holds_exactly_the_files_weights(worker, comfyui_dir, dtype, converted):
+@pytest.mark.parametrize("kind, dtype, converted", [("wan", "float32", False), ("wan", "float16", True),
+                                                     ("flux", "float32", False)])
+def test_a_fast_loaded_model_holds_exactly_the_files_weights(worker, comfyui_dir, kind, dtype, converted):
     instance = worker.fleet.instances[0]
-    name = f"fast_load_tiny_wan_{dtype}_{uuid.uuid4().hex[:6]}.safetensors"
+    name = f"fast_load_tiny_{kind}_{dtype}_{uuid.uuid4().hex[:6]}.safetensors"
     source = worker.model_cache.models / "diffusion_models" / name
-    write_tiny_wan(comfyui_dir, source, dtype)
-    prefix = f"diffusion_models/fast_load_{dtype}_{uuid.uuid4().hex[:6]}"
+    write_tiny_model(comfyui_dir, source, dtype, kind)
+    prefix = f"diffusion_models/fast_load_{kind}_{dtype}_{uuid.uuid4().hex[:6]}"
     workflow = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}},
                 "2": {"class_type": "ModelSave", "inputs": {"model": ["1", 0], "filename_prefix": prefix}}}
     try:
@@ -86,6 +103,8 @@ def test_a_fast_loaded_model_holds_exactly_the_files_weights(worker, comfyui_dir
         for leftover in [*saved_files, source]:
             leftover.unlink(missing_ok=True)
     prefixed = {key.removeprefix("model.diffusion_model."): value for key, value in written.items()}
-    assert expected.keys() <= prefixed.keys()
-    for key, value in expected.items():
+    as_loaded = {key.removesuffix(".scale") + ".weight" if key.endswith("_norm.scale") else key: value
+                 for key, value in expected.items()}  # Flux's norms, renamed by ComfyUI as it loads them
+    assert as_loaded.keys() <= prefixed.keys()
+    for key, value in as_loaded.items():
         assert torch.equal(prefixed[key].float(), value.float()), key

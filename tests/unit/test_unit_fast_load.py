@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -96,14 +97,85 @@ def test_a_dtype_the_reader_does_not_know_is_left_to_comfyui(tmp_path):
 
 def test_weights_are_taken_as_read_where_shapes_match_and_converted_to_the_models_dtype():
     module = torch.nn.Linear(3, 2)
-    sd = {"m.weight": torch.ones(2, 3).half(), "m.bias": torch.ones(2), "other": torch.ones(1).half()}
-    assert fast_load.as_the_models_weights(module, sd, "m.") == 1  # the weight: float16 → the model's float32
-    assert sd["m.weight"].dtype == torch.float32 and torch.equal(sd["m.weight"], torch.ones(2, 3))
-    assert sd["other"].dtype == torch.float16  # not the model's: left alone
-    for misfit in ({"m.weight": torch.zeros(3, 2)}, {"m.extra": torch.zeros(1)}):
-        sd = {"m.bias": torch.zeros(2).half(), **misfit}
-        assert fast_load.as_the_models_weights(module, sd, "m.") is None
-        assert sd["m.bias"].dtype == torch.float16  # nothing changed: ComfyUI's copy path loads it
+    sd = {"weight": torch.ones(2, 3).half(), "bias": torch.ones(2), "not.the.models": torch.ones(1).half()}
+    assert fast_load.as_the_models_weights(module, sd) == 1  # the weight: float16 → the model's float32
+    assert sd["weight"].dtype == torch.float32 and torch.equal(sd["weight"], torch.ones(2, 3))
+    assert sd["not.the.models"].dtype == torch.float16  # not the model's: left for loading to ignore
+    sd = {"bias": torch.zeros(2).half(), "weight": torch.zeros(3, 2)}
+    assert fast_load.as_the_models_weights(module, sd) is None  # a shape that is not the weight's
+    assert sd["bias"].dtype == torch.float16  # nothing changed: ComfyUI's copy path loads it
+
+
+def test_quantized_layouts_and_malformed_entries_are_left_to_comfyui(tmp_path):
+    path = tmp_path / "quant.safetensors"
+    save_file({"layer.weight": torch.zeros(2, 2), "layer.comfy_quant": torch.zeros(3, dtype=torch.uint8)}, str(path))
+    with pytest.raises(fast_load.NotLoadable, match="quantized layout"):
+        fast_load.read_header(str(path))
+    save_file({"layer.weight": torch.zeros(2, 2)}, str(path), metadata={"_quantization_metadata": "{}"})
+    with pytest.raises(fast_load.NotLoadable, match="quantized layout"):
+        fast_load.read_header(str(path))
+    header = json.dumps({"w": {"dtype": "F16", "data_offsets": [0, 2]}}).encode()  # no shape
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 2)
+    with pytest.raises(fast_load.NotLoadable, match="KeyError"):
+        fast_load.read_header(str(path))
+
+
+def test_a_failed_read_raises_and_holds_no_tensor(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    save_file(tensors_of_every_kind(), str(path))
+    made: list = []
+    real_empty = torch.empty
+
+    def tracked_empty(*args, **kwargs):
+        tensor = real_empty(*args, **kwargs)
+        if kwargs.get("device") is not None:  # the destination tensors, not the read buffers
+            made.append(weakref.ref(tensor))
+        return tensor
+
+    reads = iter(range(1000))
+
+    def failing_read(fd, view, offset):
+        if next(reads) == 3:
+            raise OSError("the disk went away")
+        return real_read(fd, view, offset)
+
+    real_read = fast_load._read_fully
+    monkeypatch.setattr(fast_load.torch, "empty", tracked_empty)
+    monkeypatch.setattr(fast_load, "_read_fully", failing_read)
+    with pytest.raises(OSError, match="the disk went away") as caught:
+        fast_load.read_to_device(str(path), torch.device("cpu"), 2, chunk=1000)
+    assert made and caught.value.__traceback__ is not None  # the traceback is still held here...
+    assert all(ref() is None for ref in made)  # ...yet no destination tensor is kept alive by it
+
+
+def test_a_model_that_fails_to_build_goes_to_comfyuis_loader(tmp_path, caplog):
+    path = tmp_path / "model.safetensors"
+    save_file({"weight": torch.ones(2, 3)}, str(path))
+    calls = []
+
+    def comfyui_loader(unet_path, model_options=None, disable_dynamic=False):
+        calls.append(("comfyui", unet_path, model_options))
+        return "comfyui's patcher"
+
+    def failing_build(sd, model_options, metadata, disable_dynamic):
+        calls.append(("build", sorted(sd), model_options["offload_device"]))
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    load = fast_load.wrap_load_diffusion_model(comfyui_loader, failing_build, lambda: torch.device("cpu"),
+                                               lambda: True, lambda: torch.device("cpu"))
+    settings = fast_load.SETTINGS
+    saved = (settings.threads, settings.force)
+    try:
+        settings.threads, settings.force = 2, True
+        with caplog.at_level("WARNING", logger="comfy_worker_tuning.fast_load"):
+            assert load(str(path), {"dtype": None}) == "comfyui's patcher"
+        assert load(str(path), {"offload_device": torch.device("cpu")}) == "comfyui's patcher"  # its own devices
+    finally:
+        settings.threads, settings.force = saved
+    assert calls[0] == ("build", ["weight"], torch.device("cpu"))
+    assert calls[1] == ("comfyui", str(path), {"dtype": None})  # the caller's options, unchanged
+    assert calls[2][0] == "comfyui" and len(calls) == 3  # no fast attempt for a loader with its own devices
+    assert "fast load of model.safetensors failed (building the model: OutOfMemoryError" in caplog.text
 
 
 def test_a_load_is_not_eligible_when_off_not_safetensors_or_not_a_high_vram_gpu(tmp_path):

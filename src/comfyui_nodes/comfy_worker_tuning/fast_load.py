@@ -36,6 +36,10 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 
 
+# keys of the quantized layouts (ComfyUI's comfy_quant, the older scaled fp8): ComfyUI's loader reads them on the CPU
+QUANTIZED_MARKS = (".comfy_quant", ".scale_weight", ".scale_input", "scaled_fp8")
+
+
 class NotLoadable(ValueError):
     """The file is not one this reader handles (ComfyUI's own loader then reads it)."""
 
@@ -74,14 +78,21 @@ def read_header(path: str) -> tuple[list[TensorEntry], dict | None]:
     if not isinstance(header, dict):
         raise NotLoadable("header is not a JSON object")
     metadata = header.pop("__metadata__", None)
+    quantized = [name for name in header if name.endswith(QUANTIZED_MARKS)]
+    if quantized or (isinstance(metadata, dict) and "_quantization_metadata" in metadata):
+        raise NotLoadable(f"a quantized layout ({quantized[0] if quantized else '_quantization_metadata'}): "
+                          "ComfyUI's loader reads its quantization data on the CPU")
     base = 8 + header_bytes
     entries = []
     for name, info in header.items():
-        dtype = SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
-        if dtype is None:
-            raise NotLoadable(f"tensor {name!r}: dtype {info.get('dtype') if isinstance(info, dict) else info!r}")
-        shape = tuple(int(n) for n in info["shape"])
-        begin, end = (int(n) for n in info["data_offsets"])
+        try:
+            dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+            if dtype is None:
+                raise NotLoadable(f"tensor {name!r}: dtype {info.get('dtype')!r}")
+            shape = tuple(int(n) for n in info["shape"])
+            begin, end = (int(n) for n in info["data_offsets"])
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise NotLoadable(f"tensor {name!r}: {type(error).__name__} {error}") from None
         numel = 1
         for n in shape:
             numel *= n
@@ -124,6 +135,8 @@ def read_to_device(path: str, device: torch.device, threads: int,
     entries, metadata = read_header(path)
     tensors = {entry.name: torch.empty(entry.shape, dtype=entry.dtype, device=device) for entry in entries}
     flat = {name: tensor.view(-1).view(torch.uint8) for name, tensor in tensors.items() if tensor.numel()}
+    if device.type == "cuda":  # memory freed by kernels still queued must not be written by the readers' streams
+        torch.cuda.current_stream(device).synchronize()
     pieces = iter(plan_pieces(entries, chunk))
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -139,20 +152,22 @@ def read_to_device(path: str, device: torch.device, threads: int,
         buffers = [torch.empty(chunk, dtype=torch.uint8, pin_memory=on_cuda) for _ in range(2)]
         copied: list[torch.cuda.Event | None] = [None, None]
         turn = 0
-        while (piece := next_piece()) is not None:
-            if copied[turn] is not None:
-                copied[turn].synchronize()  # the copy out of this buffer is done: it may be read into again
-            buffer = buffers[turn]
-            _read_fully(fd, memoryview(buffer.numpy())[:piece.length], piece.offset)
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                for name, at, into, length in piece.parts:
-                    flat[name][into:into + length].copy_(buffer[at:at + length], non_blocking=on_cuda)
-                if stream is not None:
-                    copied[turn] = torch.cuda.Event()
-                    copied[turn].record(stream)
-            turn ^= 1
-        if stream is not None:
-            stream.synchronize()
+        try:
+            while (piece := next_piece()) is not None:
+                if copied[turn] is not None:
+                    copied[turn].synchronize()  # the copy out of this buffer is done: it may be read into again
+                buffer = buffers[turn]
+                _read_fully(fd, memoryview(buffer.numpy())[:piece.length], piece.offset)
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                    for name, at, into, length in piece.parts:
+                        flat[name][into:into + length].copy_(buffer[at:at + length], non_blocking=on_cuda)
+                    if stream is not None:
+                        copied[turn] = torch.cuda.Event()
+                        copied[turn].record(stream)
+                turn ^= 1
+        finally:
+            if stream is not None:
+                stream.synchronize()  # no copy may still write into memory about to be used or freed
 
     def reader() -> None:
         try:
@@ -174,8 +189,12 @@ def read_to_device(path: str, device: torch.device, threads: int,
     if on_cuda and hasattr(torch._C, "_host_emptyCache"):
         torch._C._host_emptyCache()  # the readers' pinned buffers back to the system, not kept by torch's cache
     if errors:
-        raise errors[0]
-    return tensors, metadata
+        error = errors[0]
+        flat.clear()  # the traceback keeps this frame: the GPU memory must not stay held by it
+        tensors.clear()
+        errors.clear()
+        raise error
+    return dict(sorted(tensors.items())), metadata  # in safetensors' own order
 
 
 @dataclass
@@ -195,6 +214,8 @@ def eligible(path: str, model_options: dict, device: torch.device, vram_high: bo
         return "off"
     if not path.lower().endswith((".safetensors", ".sft")):
         return "not a safetensors file"
+    if "offload_device" in model_options or "load_device" in model_options:
+        return "the loader sets its own devices"
     if SETTINGS.force:
         return None
     if device.type != "cuda" or not vram_high:
@@ -206,85 +227,112 @@ def eligible(path: str, model_options: dict, device: torch.device, vram_high: bo
     return None
 
 
-def as_the_models_weights(module: torch.nn.Module, sd: dict, prefix: str) -> int | None:
-    """Makes every tensor of `sd` under `prefix` fit the weight of `module` it is loaded into, converting its dtype
-    where the model's differs (what copying into that weight would do); the number converted. None (nothing
-    changed) when a tensor has no weight of its shape in the module: then it is loaded as ComfyUI loads it."""
+def as_the_models_weights(module: torch.nn.Module, state_dict: dict) -> int | None:
+    """Makes every tensor of `state_dict` fit the weight of `module` it is loaded into, converting its dtype where
+    the model's differs (what copying into that weight would do); the number converted. Keys the module does not
+    have are left (loading ignores them). None, with nothing changed, when a tensor's shape is not its weight's:
+    then it is loaded as ComfyUI loads it."""
     own = module.state_dict()
     targets = {}
-    for key, tensor in sd.items():
-        if key.startswith(prefix):
-            mine = own.get(key[len(prefix):])
-            if mine is None or mine.shape != tensor.shape:
-                log.info("fast load: %s %s fits no weight of the model (%s); copied as ComfyUI does", key,
-                         tuple(tensor.shape), "none of that name" if mine is None else f"its is {tuple(mine.shape)}")
-                return None
-            targets[key] = mine.dtype
+    for key, tensor in state_dict.items():
+        mine = own.get(key)
+        if mine is None:
+            continue
+        if mine.shape != tensor.shape:
+            log.info("fast load: %s %s is not the shape of the model's %s; copied as ComfyUI does", key,
+                     tuple(tensor.shape), tuple(mine.shape))
+            return None
+        targets[key] = mine.dtype
     converted = 0
     for key, dtype in targets.items():
-        if sd[key].dtype != dtype:
-            sd[key] = sd[key].to(dtype)
+        if state_dict[key].dtype != dtype:
+            state_dict[key] = state_dict[key].to(dtype)
             converted += 1
     return converted
 
 
 def wrap_load_model_weights(original: Callable) -> Callable:
-    """BaseModel.load_model_weights that, inside a fast load, takes the loaded GPU tensors as the model's weights
-    (or, where a tensor fits no weight, moves the model to their device first and copies, as ComfyUI does)."""
+    """BaseModel.load_model_weights that, inside a fast load, has the diffusion model take the loaded GPU tensors as
+    its weights, once ComfyUI has renamed them (process_unet_state_dict); where a tensor does not fit, the model
+    moves to their device first and copies them, as ComfyUI does."""
     def load_model_weights(self, sd, unet_prefix="", assign=False):
         device = getattr(_TAKING, "device", None)
-        if device is not None and not assign:
-            converted = as_the_models_weights(self.diffusion_model, sd, unet_prefix)
+        if device is None or assign:
+            return original(self, sd, unet_prefix, assign)
+        module = self.diffusion_model
+        module_load = module.load_state_dict
+
+        def load_state_dict(state_dict, strict=True, assign=False):
+            converted = as_the_models_weights(module, state_dict)
             if converted is None:
                 self.to(device)
-            else:
-                assign = True
-                _TAKING.assigned, _TAKING.converted = True, converted
-        return original(self, sd, unet_prefix, assign)
+                return module_load(state_dict, strict=strict, assign=assign)
+            _TAKING.assigned, _TAKING.converted = True, converted
+            return module_load(state_dict, strict=strict, assign=True)
+
+        module.load_state_dict = load_state_dict
+        try:
+            return original(self, sd, unet_prefix, assign)
+        finally:
+            del module.load_state_dict
     return load_model_weights
 
 
 def wrap_load_diffusion_model(original: Callable, from_state_dict: Callable, target: Callable[[], torch.device],
                               vram_high: Callable[[], bool], offload_device: Callable[[], torch.device]) -> Callable:
     """comfy.sd.load_diffusion_model that reads an eligible file with read_to_device; every other load, and any
-    failure to read, goes to `original`."""
+    failure of the fast one (reading, building the model), goes to `original`."""
     def load_diffusion_model(unet_path, model_options=None, disable_dynamic=False):
         model_options = {} if model_options is None else model_options
+        name = os.path.basename(str(unet_path))
         device = target()
         why_not = eligible(str(unet_path), model_options, device, vram_high())
-        if why_not is not None:
-            if why_not != "off":
-                log.info("fast load not used for %s: %s", os.path.basename(str(unet_path)), why_not)
-            return original(unet_path, model_options=model_options, disable_dynamic=disable_dynamic)
-        started = time.monotonic()
-        try:
-            sd, metadata = read_to_device(str(unet_path), device, SETTINGS.threads)
-        except (NotLoadable, OSError, RuntimeError) as error:
-            log.warning("fast load of %s failed (%s: %s); ComfyUI's loader reads it", os.path.basename(str(unet_path)),
-                        type(error).__name__, error)
+        if why_not is None:
+            patcher, why_not = _load_fast(str(unet_path), model_options, disable_dynamic, device, from_state_dict,
+                                          offload_device)
+            if patcher is not None:
+                patcher.cached_patcher_init = (original, (unet_path, model_options))
+                return patcher
+            log.warning("fast load of %s failed (%s); ComfyUI's loader reads it", name, why_not)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            return original(unet_path, model_options=model_options, disable_dynamic=disable_dynamic)
-        read_s = time.monotonic() - started
-        size = sum(t.nbytes for t in sd.values())
-        options = {**model_options, "offload_device": torch.device("cpu")}  # no empty weights moved to the GPU first
-        _TAKING.device, _TAKING.assigned, _TAKING.converted = device, False, 0
-        try:
-            patcher = from_state_dict(sd, model_options=options, metadata=metadata, disable_dynamic=disable_dynamic)
-        finally:
-            assigned, _TAKING.device = _TAKING.assigned, None
-        if patcher is None:
-            raise RuntimeError(f"ERROR: Could not detect model type of: {unet_path}")
-        offload = offload_device()
-        patcher.offload_device = offload
-        patcher.model.device = offload
-        patcher.model.to(device)  # what the file did not hold (buffers ComfyUI computes) joins the weights
-        patcher.cached_patcher_init = (original, (unet_path, model_options))
-        record = {"file": os.path.basename(str(unet_path)), "bytes": size, "read_s": round(read_s, 3),
-                  "total_s": round(time.monotonic() - started, 3), "gb_per_s": round(size / read_s / 1e9, 2),
-                  "weights_taken_as_read": assigned, "dtype_converted": _TAKING.converted,
-                  "threads": SETTINGS.threads}
-        SETTINGS.loads.append(record)
-        log.info("fast load: %s", record)
-        return patcher
+        elif why_not != "off":
+            log.info("fast load not used for %s: %s", name, why_not)
+        return original(unet_path, model_options=model_options, disable_dynamic=disable_dynamic)
     return load_diffusion_model
+
+
+def _load_fast(path: str, model_options: dict, disable_dynamic: bool, device: torch.device,
+               from_state_dict: Callable, offload_device: Callable[[], torch.device]) -> tuple[object, str | None]:
+    """(the model's patcher, None), or (None, why not): whatever failed is dropped before ComfyUI's loader runs."""
+    started = time.monotonic()
+    try:
+        sd, metadata = read_to_device(path, device, SETTINGS.threads)
+    except (NotLoadable, OSError, RuntimeError) as error:
+        return None, f"reading: {type(error).__name__}: {error}"
+    read_s = time.monotonic() - started
+    size = sum(t.nbytes for t in sd.values())
+    options = {**model_options, "offload_device": torch.device("cpu")}  # no empty weights moved to the GPU first
+    _TAKING.device, _TAKING.assigned, _TAKING.converted = device, False, 0
+    try:
+        patcher = from_state_dict(sd, model_options=options, metadata=metadata, disable_dynamic=disable_dynamic)
+    except Exception as error:  # any failure here is retried by ComfyUI's own loader
+        return None, f"building the model: {type(error).__name__}: {error}"
+    finally:
+        _TAKING.device = None
+        del sd
+    if patcher is None:
+        return None, "the model type was not recognised"
+    offload = offload_device()
+    patcher.offload_device = offload
+    patcher.model.device = offload
+    patcher.model.to(device)  # what the file did not hold (buffers ComfyUI computes) joins the weights
+    if device.type == "cuda" and (_TAKING.converted or not _TAKING.assigned):
+        torch.cuda.empty_cache()  # what conversion or copying freed, for other processes on this GPU
+    record = {"file": os.path.basename(path), "bytes": size, "read_s": round(read_s, 3),
+              "total_s": round(time.monotonic() - started, 3), "gb_per_s": round(size / read_s / 1e9, 2),
+              "weights_taken_as_read": _TAKING.assigned, "dtype_converted": _TAKING.converted,
+              "threads": SETTINGS.threads}
+    SETTINGS.loads.append(record)
+    log.info("fast load: %s", record)
+    return patcher, None
