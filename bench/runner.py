@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from probes import GpuSampler, cpu_seconds, meminfo_mib, smaps_mib
+from prompt_timing import post_all_timed
 from workloads import WORKLOADS
 
-from comfy_worker.comfy.follower import ended_prompt
 from comfy_worker.fleet.fleet import write_custom_nodes_config
 from comfy_worker.fleet.gpus import detect_gpus
 from comfy_worker.fleet.instance import ComfyInstance, InstanceSpec
@@ -126,31 +126,13 @@ class Bench:
         return instance, ready_s
 
     def post_and_wait(self, instance: ComfyInstance, workflows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Posts every workflow to /prompt at once and waits on ComfyUI's websocket for each to finish, as ComfyUI's
-        own websocket API example does (polling /history instead takes the GIL from the sampling thread and slows
-        the very job it waits for)."""
-        import websocket
-
+        """Posts every workflow to /prompt at once (prompt_timing.py); each one's end, its execution time from
+        ComfyUI's history and the sampler's it/s from the log."""
         mark = instance.lines_logged
-        client_id = uuid.uuid4().hex
-        socket = websocket.create_connection(f"{instance.client.websocket_url}?clientId={client_id}", timeout=900)
-        try:
-            started = time.monotonic()
-            pending = set()
-            for workflow in workflows:
-                prompt_id, _ = instance.client.submit(workflow, client_id, {})
-                pending.add(prompt_id)
-            seen: dict[str, float] = {}
-            while pending:
-                message = socket.recv()
-                if not isinstance(message, str):
-                    continue  # preview images
-                prompt_id = ended_prompt(json.loads(message))
-                if prompt_id in pending:
-                    seen[prompt_id] = time.monotonic() - started
-                    pending.discard(prompt_id)
-        finally:
-            socket.close()
+        prompt_ids, seen = post_all_timed(instance.client, workflows, 900)
+        if len(seen) < len(prompt_ids):
+            raise TimeoutError(f"{len(prompt_ids) - len(seen)} of {len(prompt_ids)} prompts did not end: ComfyUI's "
+                               "websocket was silent for 900 s")
         done = {prompt_id: (seconds, instance.client.history(prompt_id) or {}) for prompt_id, seconds in seen.items()}
         rates = sampler_rates(instance.lines_since(mark))
         jobs = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-import json
 import statistics
 import time
 import uuid
@@ -18,8 +17,7 @@ from typing import Any
 
 import requests
 from output_check import check_output, expected_frames
-
-from comfy_worker.comfy.follower import ended_prompt
+from prompt_timing import post_all_timed
 
 STREAM_CONFIGS: dict[str, dict[str, Any]] = {
     "VS": {"base": "vanilla", "stream": True},
@@ -114,32 +112,9 @@ def returned_files(answer: dict[str, Any]) -> list[tuple[str, bytes]]:
 
 def vanilla_all(instance: Any, graphs: list[dict[str, Any]], timeout_s: float
                 ) -> list[tuple[dict[str, Any], list[tuple[str, bytes]]]]:
-    """Every prompt posted to ComfyUI's /prompt at once; finish times from its websocket (polling /history would
-    compete with the sampling thread for the server's GIL), then each one's history and files (/view)."""
-    import websocket
-
-    client_id = uuid.uuid4().hex
-    socket = websocket.create_connection(f"{instance.client.websocket_url}?clientId={client_id}", timeout=timeout_s)
-    started = time.monotonic()
-    prompt_ids: list[str] = []
-    finished: dict[str, float] = {}
-    try:
-        for graph in graphs:
-            prompt_ids.append(instance.client.submit(graph, client_id, {})[0])
-        pending = set(prompt_ids)
-        while pending:
-            try:
-                message = socket.recv()
-            except websocket.WebSocketTimeoutException:
-                break
-            if not isinstance(message, str):
-                continue  # preview images
-            prompt_id = ended_prompt(json.loads(message))
-            if prompt_id in pending:
-                finished[prompt_id] = time.monotonic() - started
-                pending.discard(prompt_id)
-    finally:
-        socket.close()
+    """Every prompt posted to ComfyUI's /prompt at once, timed by its websocket (prompt_timing.py), then each
+    one's history and files (/view)."""
+    prompt_ids, finished = post_all_timed(instance.client, graphs, timeout_s)
     return [vanilla_job(instance, index, prompt_id, finished.get(prompt_id))
             for index, prompt_id in enumerate(prompt_ids)]
 

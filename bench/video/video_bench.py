@@ -40,6 +40,7 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
+sys.path.insert(0, str(HERE.parent))  # bench/: prompt_timing.py, shared with the image benchmark
 sys.path.insert(0, str(HERE))
 
 from host_probes import Ballast, GpuSampler, disk_read_rates, evict, meminfo_used_mib, process_memory_mib  # noqa: E402

@@ -10,6 +10,7 @@ from pathlib import Path
 
 BENCH_VIDEO = Path(__file__).resolve().parents[2] / "bench" / "video"
 sys.path.append(str(BENCH_VIDEO))  # last: its report.py must not shadow bench/report.py for other tests
+sys.path.append(str(BENCH_VIDEO.parent))  # bench/: prompt_timing.py
 
 from output_check import check_output, expected_frames  # noqa: E402
 from stream import STREAM_CONFIGS, median_step_s, stream_record, stream_summary, stream_wall_s  # noqa: E402

@@ -34,6 +34,12 @@ def tensors_of_every_kind() -> dict[str, torch.Tensor]:
     }
 
 
+def write_raw(path: Path, header: dict, data_bytes: int) -> None:
+    """A file with this safetensors header, written as is, and that many zero bytes of data."""
+    encoded = json.dumps(header).encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + b"\0" * data_bytes)
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_every_tensor_reads_back_as_safetensors_reads_it(tmp_path, threads):
     path = tmp_path / "model.safetensors"
@@ -76,21 +82,18 @@ def test_a_file_that_is_not_safetensors_is_refused_with_the_reason(tmp_path, con
 
 
 def test_offsets_that_do_not_fit_the_shape_or_the_file_are_refused(tmp_path):
-    header = json.dumps({"w": {"dtype": "F16", "shape": [4], "data_offsets": [0, 6]}}).encode()
     path = tmp_path / "lying.safetensors"
-    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    write_raw(path, {"w": {"dtype": "F16", "shape": [4], "data_offsets": [0, 6]}}, 8)
     with pytest.raises(fast_load.NotLoadable, match="do not fit"):
         fast_load.read_header(str(path))
-    header = json.dumps({"w": {"dtype": "F16", "shape": [4], "data_offsets": [0, 8]}}).encode()
-    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)  # the file ends early
+    write_raw(path, {"w": {"dtype": "F16", "shape": [4], "data_offsets": [0, 8]}}, 4)  # the file ends early
     with pytest.raises(fast_load.NotLoadable, match="do not fit"):
         fast_load.read_header(str(path))
 
 
 def test_a_dtype_the_reader_does_not_know_is_left_to_comfyui(tmp_path):
-    header = json.dumps({"w": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}).encode()
     path = tmp_path / "complex.safetensors"
-    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    write_raw(path, {"w": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, 8)
     with pytest.raises(fast_load.NotLoadable, match="C64"):
         fast_load.read_header(str(path))
 
@@ -114,8 +117,7 @@ def test_quantized_layouts_and_malformed_entries_are_left_to_comfyui(tmp_path):
     save_file({"layer.weight": torch.zeros(2, 2)}, str(path), metadata={"_quantization_metadata": "{}"})
     with pytest.raises(fast_load.NotLoadable, match="quantized layout"):
         fast_load.read_header(str(path))
-    header = json.dumps({"w": {"dtype": "F16", "data_offsets": [0, 2]}}).encode()  # no shape
-    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 2)
+    write_raw(path, {"w": {"dtype": "F16", "data_offsets": [0, 2]}}, 2)  # no shape
     with pytest.raises(fast_load.NotLoadable, match="KeyError"):
         fast_load.read_header(str(path))
 

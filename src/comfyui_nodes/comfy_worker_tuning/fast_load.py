@@ -135,12 +135,12 @@ def read_to_device(path: str, device: torch.device, threads: int,
     entries, metadata = read_header(path)
     tensors = {entry.name: torch.empty(entry.shape, dtype=entry.dtype, device=device) for entry in entries}
     flat = {name: tensor.view(-1).view(torch.uint8) for name, tensor in tensors.items() if tensor.numel()}
-    if device.type == "cuda":  # memory freed by kernels still queued must not be written by the readers' streams
+    on_cuda = device.type == "cuda"
+    if on_cuda:  # memory freed by kernels still queued must not be written by the readers' streams
         torch.cuda.current_stream(device).synchronize()
     pieces = iter(plan_pieces(entries, chunk))
     lock = threading.Lock()
     errors: list[BaseException] = []
-    on_cuda = device.type == "cuda"
     inference = torch.is_inference_mode_enabled()  # ComfyUI runs nodes in inference mode: the tensors are made so
 
     def next_piece() -> Piece | None:
