@@ -10,7 +10,9 @@ Three child processes, each with empty inductor/triton cache folders of its own 
   mega   Mega-Cache loaded, ComfyUI's compile wrapper (as the worker does today): the first sampling traces with
          dynamo and hits the caches;
   aot    AOT artefact loaded: the first sampling calls the compiled graph after a guard check, no trace;
-  both   Mega-Cache and AOT artefact loaded (kernels from the first, the graph and guards from the second).
+  both   Mega-Cache and AOT artefact loaded (kernels from the first, the graph and guards from the second);
+  aotgraph  as aot, with one CUDA graph per input shape captured around the loaded graph (which comes back
+         without inductor's CUDA graphs: the aot role's steady sampling is launch-bound).
 Each reports the seconds from its own start to the end of its first sampling (the part of P7c the compile decides),
 its steady seconds per sampling, and the largest difference of its latent from the eager latent (same seeds).
 
@@ -145,7 +147,7 @@ def child(args: argparse.Namespace) -> dict:
         from torch._dynamo.utils import compilation_time_metrics
         report["dynamo_compile_s"] = round(sum(compilation_time_metrics.get("_compile.compile_inner", [])), 2)
 
-    if args.role in ("prime", "aot", "both"):
+    if args.role in ("prime", "aot", "both", "aotgraph"):
         from torch._dynamo.aot_compile import ModelInput
 
         torch._dynamo.config.enable_aot_compile = True
@@ -170,7 +172,42 @@ def child(args: argparse.Namespace) -> dict:
             if not result.guard_check(unet, *call_args, **call_kwargs):
                 state["fallbacks"] += 1
                 return unet(*call_args, **call_kwargs)
+            if args.role == "aotgraph":
+                return graphed(result, call_args, call_kwargs)
             return result(unet, *call_args, **call_kwargs)
+
+        graphs: dict = {}
+
+        def graphed(result, call_args, call_kwargs):
+            """The loaded graph comes back without inductor's CUDA graphs (torch 2.11): one CUDA graph per input
+            shape, captured here, with the call's top-level tensors copied into its static inputs."""
+            names = [i for i, value in enumerate(call_args) if isinstance(value, torch.Tensor)]
+            keys = [k for k, value in call_kwargs.items() if isinstance(value, torch.Tensor)]
+            signature = tuple((tuple(call_args[i].shape), call_args[i].dtype) for i in names) + tuple(
+                (k, tuple(call_kwargs[k].shape), call_kwargs[k].dtype) for k in keys)
+            entry = graphs.get(signature)
+            if entry is None:
+                static_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in call_args]
+                static_kwargs = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in call_kwargs.items()}
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    result(unet, *static_args, **{**static_kwargs, "transformer_options":
+                                                  dict(static_kwargs["transformer_options"])})
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static_out = result(unet, *static_args, **{**static_kwargs, "transformer_options":
+                                                               dict(static_kwargs["transformer_options"])})
+                entry = graphs[signature] = (graph, static_args, static_kwargs, static_out)
+                state["graphs"] = len(graphs)
+            graph, static_args, static_kwargs, static_out = entry
+            for i in names:
+                static_args[i].copy_(call_args[i])
+            for k in keys:
+                static_kwargs[k].copy_(call_kwargs[k])
+            graph.replay()
+            return static_out.clone()
 
         class AotUNet(torch.nn.Module):  # like OptimizedModule: a module that reads the UNet's attributes
             def forward(self, *call_args, **call_kwargs):
@@ -193,7 +230,8 @@ def child(args: argparse.Namespace) -> dict:
         patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, "aot", aot_wrapper)
         out = timed_runs("aot")
         report["max_diff"] = float((out - torch.load(eager_path)).abs().max())
-        report.update(aot_compile_s=state["compile_s"], unet_calls=state["calls"], guard_fallbacks=state["fallbacks"])
+        report.update(aot_compile_s=state["compile_s"], unet_calls=state["calls"], guard_fallbacks=state["fallbacks"],
+                      cuda_graphs=state.get("graphs"))
         if args.role == "prime":
             data = compiled._save_aot_compiled_module(str(artefacts["aot"]))
             report["aot_bytes"] = len(data)
@@ -218,7 +256,7 @@ def main() -> None:
     parser.add_argument("--size", choices=("sdxl", "tiny"), default="sdxl")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--role", choices=("prime", "mega", "aot", "both"))
+    parser.add_argument("--role", choices=("prime", "mega", "aot", "both", "aotgraph"))
     parser.add_argument("--roles", default="prime,mega,aot,both", help="the children to run, in order")
     args = parser.parse_args()
     if args.role:
