@@ -87,7 +87,7 @@ def page(runs: dict[str, dict[str, Any]]) -> str:
         "- The AOT compile (`torch.compile(unet, fullgraph=True)._aot_compile(...)`) works once the guards it "
         "cannot save are dropped (types, classes, globals, closures, `__mro__` lookups: ComfyUI's ops classes are "
         "nested) and a torch defect is patched (the guard pickler marks module attributes as missing by `id()`, "
-        "which turns every `torch.float16` in the guards into `_Missing`). Kept: 5800 guards on tensors, the "
+        "which turns every `torch.float16` in the guards into `_Missing`). Kept: the guards on tensors, the "
         "arguments' dict keys and constants, module attributes. So the artefact is valid only for the model class, "
         "ComfyUI version and settings it was made with, which its key must hold (as the Mega-Cache's does).",
         "- The loaded graph comes back **without inductor's CUDA graphs**; its steady sampling is launch-bound "
